@@ -1,0 +1,10 @@
+"""Fused kernels of r3fast, shipped as `r3fast.kernels`.
+
+`span_grpo_loss` / `span_logprobs`: the GRPO loss and log-probs on the masked (reflection) positions
+of packed rows, from final hidden states and the lm_head weight, without [M, V] logits.
+"""
+
+from .loss_terms import SpanLossOutput
+from .span_loss import span_grpo_loss, span_logprobs
+
+__all__ = ["SpanLossOutput", "span_grpo_loss", "span_logprobs"]

@@ -1,0 +1,125 @@
+"""Final hidden states of a packed row, with attention kept inside each sequence.
+
+Which path runs depends on the model's attention implementation:
+
+    "r3fast_packed" (use_packed_attention)   our dispatcher: flash-attn varlen > torch varlen > flex > sdpa
+    "sdpa" / "eager"                         transformers builds a block-diagonal causal mask from
+                                             position_ids (only with attention_mask=None, use_cache=False)
+    "flash_attention_*"                      transformers' own varlen path, fed our cu_seqlens
+    "flex_attention"                         transformers' BlockMask from position_ids
+
+Rows with a tree mask (shared prefix, `batch.branch_ids` set) always get an explicit mask: a 4D bool
+tensor (sdpa, or additive float for eager) or a BlockMask (flex). transformers passes a 4D mask through
+untouched (masking_utils._preprocess_mask_arguments), so the same decoder code runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import ATTN_NAME, MASK_BACKENDS, dense_packed_mask, flex_block_mask, select_backend
+from .packing import PackedBatch
+
+__all__ = ["decoder_of", "forward_hidden"]
+
+
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack (embeddings .. final norm) of a causal LM, without its lm_head."""
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    if dec is None or not hasattr(dec, "config"):
+        raise TypeError(f"cannot find the decoder of {type(model).__name__}: no get_decoder() or .model")
+    return dec
+
+
+def _hf_mask_path(impl: str, batch: PackedBatch, dtype: torch.dtype) -> tuple[dict, str]:
+    """kwargs and backend name for models on a stock transformers attention implementation."""
+    if batch.branch_ids is not None:
+        mask = dense_packed_mask(batch.cu_seqlens, batch.branch_ids)  # [1, 1, T, T] bool
+        if impl == "eager":  # eager adds the mask to the scores
+            zero = torch.zeros((), dtype=dtype, device=mask.device)
+            mask = torch.where(mask, zero, torch.finfo(dtype).min)
+            return {"attention_mask": mask}, "eager_tree_mask"
+        if impl == "sdpa":
+            return {"attention_mask": mask}, "sdpa_tree_mask"
+        raise ValueError(
+            f"shared-prefix rows need attention 'sdpa', 'eager' or {ATTN_NAME!r}, the model uses {impl!r}"
+        )
+    if impl in ("sdpa", "eager", "flex_attention"):
+        # attention_mask=None + use_cache=False: transformers derives the block-diagonal mask from
+        # position_ids restarting at 0 (masking_utils.find_packed_sequence_indices).
+        return {"attention_mask": None}, f"hf_{impl}_position_ids"
+    if impl.startswith("flash_attention"):
+        return {
+            "attention_mask": None,
+            "cu_seq_lens_q": batch.cu_seqlens,
+            "cu_seq_lens_k": batch.cu_seqlens,
+            "max_length_q": batch.max_seqlen,
+            "max_length_k": batch.max_seqlen,
+        }, f"hf_{impl}_varlen"
+    raise ValueError(
+        f"attention implementation {impl!r} cannot run packed rows; use sdpa, eager or {ATTN_NAME!r}"
+    )
+
+
+def sdpa_blocks(batch: PackedBatch) -> list[tuple[int, int, torch.Tensor | None]]:
+    """(start, end, mask) per block for the per-block SDPA backend; mask None = plain causal.
+
+    Tree blocks get their own dense [1, 1, L, L] mask: O(sum L^2) memory instead of O(T^2).
+    """
+    cu = batch.cu_seqlens.tolist()  # host-device sync, once per row (not per layer)
+    blocks: list[tuple[int, int, torch.Tensor | None]] = []
+    for a, b in zip(cu, cu[1:], strict=False):
+        mask = None
+        if batch.branch_ids is not None:
+            local = torch.tensor([0, b - a], dtype=torch.int32, device=batch.cu_seqlens.device)
+            mask = dense_packed_mask(local, batch.branch_ids[a:b])
+        blocks.append((a, b, mask))
+    return blocks
+
+
+def _ours(
+    batch: PackedBatch, device: torch.device, dtype: torch.dtype, prefer: str | None
+) -> tuple[dict, str]:
+    tree = batch.branch_ids is not None
+    backend = select_backend(device, dtype, tree=tree, prefer=prefer)
+    # An empty 4D "mask" makes transformers skip building a [T, T] mask that varlen kernels do not need.
+    placeholder = torch.empty(1, 1, 0, 0, dtype=torch.bool, device=device)
+    kw: dict = {"r3fast_backend": backend, "attention_mask": placeholder}
+    if backend == "sdpa":
+        kw["r3fast_blocks"] = sdpa_blocks(batch)
+    elif backend == "flex":
+        kw["attention_mask"] = flex_block_mask(batch.cu_seqlens, batch.branch_ids)
+    else:
+        kw.update(
+            cu_seq_lens_q=batch.cu_seqlens,
+            cu_seq_lens_k=batch.cu_seqlens,
+            max_length_q=batch.max_seqlen,
+            max_length_k=batch.max_seqlen,
+        )
+    assert not tree or backend in MASK_BACKENDS
+    return kw, backend
+
+
+def forward_hidden(
+    model: torch.nn.Module, batch: PackedBatch, *, backend: str | None = None
+) -> tuple[torch.Tensor, str]:
+    """Decoder final hidden states [T, H] (after the final norm) of one packed row, and the backend used.
+
+    The lm_head is not applied: the fused span loss does that on span positions only.
+    `backend` picks one of attention.BACKENDS when the model uses "r3fast_packed" (default: fastest).
+    """
+    dec = decoder_of(model)
+    impl = dec.config._attn_implementation
+    param = next(dec.parameters())
+    if batch.input_ids.device != param.device:
+        raise ValueError(
+            f"batch is on {batch.input_ids.device}, model on {param.device}; call batch.to(device)"
+        )
+    if impl == ATTN_NAME:
+        kw, name = _ours(batch, param.device, param.dtype, backend)
+    else:
+        if backend is not None:
+            raise ValueError(f"backend={backend!r} needs use_packed_attention(model) (model uses {impl!r})")
+        kw, name = _hf_mask_path(impl, batch, param.dtype)
+    out = dec(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None], use_cache=False, **kw)
+    return out.last_hidden_state[0], name  # [T, H]

@@ -1,0 +1,100 @@
+"""The paper's two-try measurement: first try, then (for failures) reflect and try again."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+from .generation import generate_chunked
+from .prompts import reflect_messages, render, retry_messages
+from .sampling import Sampler, SamplingParams
+
+__all__ = ["EvalResult", "evaluate", "format_eval_table"]
+
+
+@dataclass(kw_only=True)
+class EvalResult:
+    n: int
+    first_correct: int
+    second_correct: int
+    """Right on the first try, or right on the retry after one reflection."""
+    seconds: float
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def first_acc(self) -> float:
+        return self.first_correct / max(self.n, 1)
+
+    @property
+    def second_acc(self) -> float:
+        return self.second_correct / max(self.n, 1)
+
+    def summary(self) -> dict:
+        return {
+            "n": self.n,
+            "first_try_correct": self.first_correct,
+            "second_try_correct": self.second_correct,
+            "first_try_accuracy": self.first_acc,
+            "second_try_accuracy": self.second_acc,
+            "seconds": self.seconds,
+        }
+
+
+def evaluate(
+    sampler: Sampler,
+    tokenizer,
+    task,
+    examples: list[dict],
+    *,
+    answer_params: SamplingParams,
+    reflection_params: SamplingParams,
+    chunk_size: int = 32,
+    progress: bool = True,
+) -> EvalResult:
+    """One attempt per example; each failure gets one reflection and one retry."""
+    t0 = time.perf_counter()
+    task_msgs = [task.build_prompt(ex) for ex in examples]
+    one = dataclasses.replace(answer_params, n=1)
+    firsts = generate_chunked(
+        sampler, [render(tokenizer, m) for m in task_msgs], one, chunk_size=chunk_size, desc="1st try",
+        progress=progress,
+    )
+    records = []
+    for ex, comps in zip(examples, firsts):
+        text = comps[0].text
+        records.append({"example": ex, "first_try": text, "first_ok": bool(task.verify(ex, text))})
+    failed = [i for i, r in enumerate(records) if not r["first_ok"]]
+    if failed:
+        refl_prompts = [render(tokenizer, reflect_messages(task_msgs[i], records[i]["first_try"])) for i in failed]
+        refl = generate_chunked(
+            sampler, refl_prompts, dataclasses.replace(reflection_params, n=1), chunk_size=chunk_size,
+            desc="reflect", progress=progress,
+        )
+        retry_prompts = [
+            render(tokenizer, retry_messages(task_msgs[i], records[i]["first_try"], r[0].text))
+            for i, r in zip(failed, refl)
+        ]
+        retries = generate_chunked(
+            sampler, retry_prompts, one, chunk_size=chunk_size, desc="2nd try", progress=progress
+        )
+        for i, r, s in zip(failed, refl, retries):
+            ex = records[i]["example"]
+            records[i].update(reflection=r[0].text, second_try=s[0].text, second_ok=bool(task.verify(ex, s[0].text)))
+    first = sum(r["first_ok"] for r in records)
+    second = first + sum(r.get("second_ok", False) for r in records)
+    return EvalResult(
+        n=len(examples), first_correct=first, second_correct=second, seconds=time.perf_counter() - t0,
+        records=records,
+    )
+
+
+def format_eval_table(rows: dict[str, EvalResult]) -> str:
+    """A plain-text table, one row per labelled result."""
+    lines = [f"{'':<12} {'n':>5} {'1st try':>10} {'2nd try':>10} {'seconds':>9}"]
+    for label, r in rows.items():
+        lines.append(
+            f"{label:<12} {r.n:>5} {r.first_acc:>9.1%} {r.second_acc:>10.1%} {r.seconds:>9.1f}"
+            f"   ({r.first_correct} → {r.second_correct} right)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Where each step's failures come from: a mined JSONL file (offline, as in the paper) or
+mining on the fly from the task's train split (online). One class, one cursor, resumable."""
+
+from __future__ import annotations
+
+import random
+
+from .mining import mine_failures, read_failures
+from .rollout import Failure
+from .sampling import Sampler, SamplingParams
+
+__all__ = ["FailureSource"]
+
+
+class FailureSource:
+    """Hands out `k` failures per call in a seeded order; `state_dict` holds the cursor."""
+
+    def __init__(
+        self, *, task, path: str | None = None, online: bool = False, seed: int = 0, tries: int = 4,
+        pool_size: int = 2048,
+    ) -> None:
+        if (path is None) == (not online):
+            raise ValueError("give exactly one of data.failures (a mined JSONL file) or data.online=true")
+        self.task, self.seed, self.tries, self.online = task, seed, tries, online
+        self.cursor = 0  # failures handed out (offline) or examples consumed (online)
+        if online:
+            self.pool = task.dataset(pool_size, seed=seed, split="train")
+        else:
+            self.pool = read_failures(path)
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.pool)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def _take(self, k: int) -> list:
+        items = []
+        for _ in range(k):
+            epoch, i = divmod(self.cursor, len(self.pool))
+            items.append(self.pool[self._order(epoch)[i]])
+            self.cursor += 1
+        return items
+
+    def next(self, k: int, *, sampler: Sampler, tokenizer, params: SamplingParams, progress: bool = True) -> list[Failure]:
+        if not self.online:
+            return self._take(k)
+        # Online: mine fresh examples until k failures are found (bounded: 8 rounds).
+        found: list[Failure] = []
+        for round_ in range(8):
+            examples = self._take(k)
+            res = mine_failures(
+                sampler, tokenizer, self.task, examples, tries=self.tries, keep_per_example=1, progress=progress,
+                params=SamplingParams(
+                    temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
+                    seed=None if params.seed is None else params.seed + 7919 * round_,
+                ),
+            )
+            found += [Failure(example=r["example"], attempt=r["attempt"]) for r in res.records]
+            if len(found) >= k:
+                break
+        return found[:k]
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor = int(state["cursor"])

@@ -1,0 +1,35 @@
+"""Chunked generation with a progress bar and per-chunk seeds (resumable, reproducible)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tqdm.auto import tqdm
+
+from .sampling import Completion, Sampler, SamplingParams
+
+__all__ = ["generate_chunked"]
+
+
+def generate_chunked(
+    sampler: Sampler,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    *,
+    chunk_size: int = 32,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[list[Completion]]:
+    """`sampler.generate` over `chunk_size` prompts at a time, chunk k seeded with `params.seed + k`.
+
+    Seeding per chunk keeps the result independent of how far a previous run got, so a
+    resumed job draws the same samples.
+    """
+    out: list[list[Completion]] = []
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, leave=False)
+    for k, start in enumerate(range(0, len(prompts), chunk_size)):
+        seed = None if params.seed is None else params.seed + k
+        out.extend(sampler.generate(prompts[start : start + chunk_size], dataclasses.replace(params, seed=seed)))
+        bar.update(min(chunk_size, len(prompts) - start))
+    bar.close()
+    return out

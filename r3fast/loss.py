@@ -1,0 +1,82 @@
+"""The GRPO span loss applied to a causal LM: hidden states from the decoder, the lm_head
+weight, and the fused kernel (Triton on CUDA, chunked torch elsewhere)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import LossConfig
+from .data import PackedBatch, StepPlan, forward_hidden
+from .kernels import span_grpo_loss, span_logprobs
+
+__all__ = ["SpanLoss", "check_supported", "lm_head_weight"]
+
+
+def check_supported(model: torch.nn.Module) -> None:
+    """Refuse what the kernel does not model: logit soft-capping, logit scaling, an lm_head bias."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for attr in ("final_logit_softcapping", "logit_softcapping"):
+        if getattr(cfg, attr, None):
+            raise NotImplementedError(f"{type(model).__name__} uses {attr}={getattr(cfg, attr)}; the span loss does not")
+    for attr in ("logit_scale", "logits_scaling"):
+        if getattr(cfg, attr, None) not in (None, 1, 1.0):
+            raise NotImplementedError(f"{type(model).__name__} scales logits ({attr}); the span loss does not")
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "bias", None) is not None:
+        raise NotImplementedError("the span loss needs an lm_head without bias")
+
+
+def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
+    """[V, H]; with tied embeddings this is the input embedding itself (gradients add up)."""
+    return model.get_output_embeddings().weight
+
+
+@dataclass
+class SpanLoss:
+    cfg: LossConfig
+    temperature: float
+    """The sampling temperature: log-probs are taken under the distribution that was sampled."""
+    max_span_tokens: int
+    """dr_grpo's constant per-sequence length (TRL: max_completion_length)."""
+
+    def num_items(self, plan: StepPlan) -> float | None:
+        """The whole optimiser step's denominator, so micro-batch losses add up to the step loss."""
+        return {
+            "dapo": plan.num_span_tokens,
+            "grpo": plan.num_sequences,
+            "dr_grpo": plan.num_sequences * self.max_span_tokens,
+            "bnpo": None,  # TRL's bnpo normalises per micro-batch
+        }[self.cfg.loss_type]
+
+    @torch.no_grad()
+    def logprobs(self, model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+        """[M] log-probs of the span tokens (reference or old policy)."""
+        hidden, _ = forward_hidden(model, batch)
+        return span_logprobs(
+            hidden, lm_head_weight(model), batch.targets, batch.span_mask, temperature=self.temperature,
+            impl=self.cfg.impl,
+        )
+
+    def __call__(
+        self, model: torch.nn.Module, batch: PackedBatch, plan: StepPlan, *, ref_logp: torch.Tensor | None = None
+    ):
+        hidden, backend = forward_hidden(model, batch)
+        out = span_grpo_loss(
+            hidden,
+            lm_head_weight(model),
+            batch.targets,
+            batch.span_mask,
+            batch.advantages,
+            ref_logp=ref_logp,
+            beta=self.cfg.beta,
+            eps_low=self.cfg.eps_low,
+            eps_high=self.cfg.eps_high,
+            temperature=self.temperature,
+            loss_type=self.cfg.loss_type,
+            seq_ids=batch.seq_index,
+            num_items=self.num_items(plan),
+            impl=self.cfg.impl,
+        )
+        return out, backend

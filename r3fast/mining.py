@@ -1,0 +1,103 @@
+"""The offline failure set: sample up to K first attempts per example, keep the failures.
+
+Each JSONL line records the example, the failed attempt (text and token ids), the model, the
+sampling parameters and the seed, so a failure set is reproducible and self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import write_text_atomic
+from .generation import generate_chunked
+from .prompts import render
+from .rollout import Failure
+from .sampling import Sampler, SamplingParams
+
+__all__ = ["MineResult", "mine_failures", "read_failures", "write_jsonl_atomic"]
+
+
+@dataclass(kw_only=True)
+class MineResult:
+    records: list[dict]
+    """One per kept failure, as written to JSONL."""
+    examples: int
+    attempts: int
+    correct_attempts: int
+    examples_solved_once: int
+
+    def summary(self) -> dict:
+        return {
+            "examples": self.examples,
+            "attempts": self.attempts,
+            "first_try_accuracy": self.correct_attempts / max(self.attempts, 1),
+            "examples_solved_at_least_once": self.examples_solved_once,
+            "failures_kept": len(self.records),
+        }
+
+
+def mine_failures(
+    sampler: Sampler,
+    tokenizer,
+    task,
+    examples: list[dict],
+    *,
+    tries: int,
+    params: SamplingParams,
+    model_name: str = "",
+    chunk_size: int = 64,
+    progress: bool = True,
+    keep_per_example: int | None = None,
+) -> MineResult:
+    """Sample `tries` first attempts per example; keep failed ones (at most `keep_per_example`)."""
+    prompts = [render(tokenizer, task.build_prompt(ex)) for ex in examples]
+    outs = generate_chunked(
+        sampler, prompts, dataclasses.replace(params, n=tries), chunk_size=max(1, chunk_size // tries),
+        desc="mine", progress=progress,
+    )
+    meta = {"model": model_name, "task": getattr(task, "name", ""), "sampling": dataclasses.asdict(params)}
+    records, correct, solved = [], 0, 0
+    for idx, (ex, comps) in enumerate(zip(examples, outs)):
+        oks = [bool(task.verify(ex, c.text)) for c in comps]
+        correct += sum(oks)
+        solved += any(oks)
+        kept = [c for c, ok in zip(comps, oks) if not ok][:keep_per_example]
+        for j, c in enumerate(kept):
+            records.append(
+                {"example": ex, "attempt": c.text, "attempt_ids": c.token_ids, "example_index": idx,
+                 "try": j, **meta}
+            )
+    return MineResult(
+        records=records, examples=len(examples), attempts=len(examples) * tries, correct_attempts=correct,
+        examples_solved_once=solved,
+    )
+
+
+def write_jsonl_atomic(path: str | Path, records: list[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_failures(path: str | Path) -> list[Failure]:
+    """Read a failure set; a malformed line raises ValueError naming the file and line."""
+    failures = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("expected a JSON object")
+                ex, attempt = rec["example"], rec["attempt"]
+                if not isinstance(ex, dict) or not isinstance(attempt, str):
+                    raise ValueError("'example' must be an object and 'attempt' a string")
+            except (ValueError, KeyError) as e:
+                what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+                raise ValueError(f"{path}:{lineno}: bad failure record: {what}") from None
+            failures.append(Failure(example=ex, attempt=attempt))
+    if not failures:
+        raise ValueError(f"{path}: no failure records")
+    return failures

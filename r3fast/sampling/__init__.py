@@ -1,0 +1,6 @@
+"""Generation backends behind one contract (`Sampler`)."""
+
+from .base import Completion, Sampler, SamplingParams
+from .hf import HFSampler
+
+__all__ = ["Completion", "HFSampler", "Sampler", "SamplingParams"]

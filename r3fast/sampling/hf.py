@@ -1,0 +1,124 @@
+"""`HFSampler`: the Sampler contract on top of transformers' `generate` (CPU and CUDA).
+
+Shares the learner's module, so `sync_weights` has nothing to copy. Per-token log-probs are
+taken under `logits / temperature` (before top-p) by a logits processor that runs ahead of
+the sampling warpers, so no `[steps, B, V]` score tensor is ever kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from .base import Completion, SamplingParams
+
+__all__ = ["HFSampler"]
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Records log p(token) for each sampled token; sees the raw scores before any warper.
+
+    At step k the freshly appended column of `input_ids` is the token sampled at step k-1, so
+    it is scored against the log-softmax row kept from step k-1 (one [B, V] row alive at a time).
+    """
+
+    def __init__(self, temperature: float, prompt_len: int) -> None:
+        self.scale = 1.0 / temperature if temperature > 0 else 1.0
+        self.prompt_len = prompt_len
+        self.prev: torch.Tensor | None = None  # [B, V] log-softmax of the previous step
+        self.logprobs: list[torch.Tensor] = []  # each [B]
+
+    def flush(self, last_tokens: torch.Tensor) -> None:
+        if self.prev is not None:
+            self.logprobs.append(self.prev.gather(1, last_tokens[:, None]).squeeze(1))
+            self.prev = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] > self.prompt_len:
+            self.flush(input_ids[:, -1])
+        self.prev = torch.log_softmax(scores.float() * self.scale, dim=-1)
+        return scores
+
+
+class HFSampler:
+    """Batched sampling with `model.generate`: left padding, n samples per prompt, seeded."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, max_batch_size: int = 64) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = tokenizer.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+
+    # The learner and this sampler share one module: nothing to copy, nothing to free.
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def sleep(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        flat = [p for p in prompts for _ in range(params.n)]
+        if any(len(p) == 0 for p in flat):
+            raise ValueError("every prompt needs at least one token")
+        # Similar lengths share a batch: less left padding, less wasted compute.
+        order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
+        out: list[Completion | None] = [None] * len(flat)
+        device = next(self.model.parameters()).device
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for start in range(0, len(order), self.max_batch_size):
+                idx = order[start : start + self.max_batch_size]
+                for i, c in zip(idx, self._generate_batch([flat[i] for i in idx], params, device)):
+                    out[i] = c
+        return [out[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def _generate_batch(self, batch: list[list[int]], params: SamplingParams, device) -> list[Completion]:
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, p in enumerate(batch):  # left padding: every prompt ends at column width-1
+            ids[row, width - len(p) :] = torch.tensor(p)
+            attn[row, width - len(p) :] = 1
+        stop_ids = self.eos_ids + [t for t in params.stop_token_ids if t not in self.eos_ids]
+        sample = params.temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=0 if sample else None,
+            eos_token_id=stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        recorder = _LogprobRecorder(params.temperature, width)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            seqs = self.model.generate(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([recorder]),
+            )
+        finally:
+            self.model.train(was_training)
+        gen = seqs[:, width:]
+        recorder.flush(gen[:, -1])
+        logprobs = torch.stack(recorder.logprobs, 1).cpu() if recorder.logprobs else torch.zeros(len(batch), 0)
+        return [self._completion(row.tolist(), lp.tolist(), stop_ids, params) for row, lp in zip(gen.cpu(), logprobs)]
+
+    def _completion(self, tokens: list[int], logprobs: list[float], stop_ids: list[int], params) -> Completion:
+        end = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), None)
+        finish = "stop" if end is not None else "length"
+        end = end if end is not None else len(tokens)
+        tokens, logprobs = tokens[:end], logprobs[:end]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Completion(text=text, token_ids=tokens, logprobs=logprobs, finish_reason=finish)

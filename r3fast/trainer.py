@@ -1,0 +1,271 @@
+"""R3Trainer: reflect, retry, reward — GRPO on the reflection tokens only.
+
+One step: take failures -> sample G reflections each -> retry after each -> reward 1/0 ->
+group advantages -> drop groups with equal rewards -> pack `context + reflection` rows ->
+fused span loss (reflection tokens only) -> optimiser step -> weight sync to the sampler.
+Before the first step and after the last, the held-out set is measured twice (1st try, 2nd try
+after one reflection): the paper's four columns land in `report.md`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import atomic_dir, write_text_atomic
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import R3Config
+from .data import pack_sequences, plan_step
+from .evaluate import EvalResult, evaluate, format_eval_table
+from .failures import FailureSource
+from .loss import SpanLoss, check_supported
+from .metrics import MetricsLogger, peak_memory_mb, read_metrics
+from .models import load_model
+from .optim import build_optimizer, build_scheduler
+from .report import four_column_table, write_report
+from .rollout import rollout, to_sequences
+from .sampling import Sampler, SamplingParams
+from .tasks import get_task
+
+__all__ = ["R3Trainer"]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class R3Trainer:
+    """Build from an `R3Config`; pass `task=` (any object with build_prompt/verify/dataset) to
+    train on your own task, and `model=`/`tokenizer=` to bring a model already in memory."""
+
+    def __init__(
+        self, config: R3Config, *, task=None, model=None, tokenizer=None, resume: bool = False,
+        callbacks: list[Callable[[int, dict], None]] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.run_dir = Path(config.trainer.output_dir)
+        self.device = _device(config.model.device)
+        self.task = task if task is not None else get_task(config.task.name, **config.task.options)
+        if model is None:
+            model, tokenizer = load_model(config.model.name, dtype=config.model.dtype, device=self.device)
+        elif tokenizer is None:
+            raise ValueError("pass tokenizer= together with model=")
+        self.model, self.tokenizer = model.to(self.device), tokenizer
+        check_supported(self.model)
+        # The reference policy for the KL term: frozen, and only loaded when it is used.
+        self.ref_model = None
+        if config.loss.beta > 0:
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = build_optimizer(self.model.parameters(), config.optim)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.steps)
+        s = config.sampler
+        self.loss = SpanLoss(config.loss, temperature=s.temperature, max_span_tokens=s.max_reflection_tokens)
+        self.sampler = self._build_sampler()
+        self.source = FailureSource(
+            task=self.task, path=config.data.failures, online=config.data.online, seed=config.trainer.seed,
+            tries=config.data.mine_tries,
+        )
+        self.callbacks = callbacks or []
+        self.step = 0
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+            self.step = state["step"]
+            self.source.load_state_dict(state["source"])
+            self.sampler.sync_weights(self.model)
+        self.logger = MetricsLogger(
+            self.run_dir, tensorboard=config.trainer.tensorboard, resume_step=self.step if ckpt else None
+        )
+
+    def _build_sampler(self) -> Sampler:
+        s = self.cfg.sampler
+        if s.backend == "hf":
+            from .sampling import HFSampler
+
+            return HFSampler(self.model, self.tokenizer, max_batch_size=s.max_batch_size)
+        try:  # asked for vLLM: fail loudly, never fall back to HF
+            from .sampling.vllm_sampler import VLLMSampler
+        except ImportError as e:
+            raise RuntimeError(f"sampler.backend=vllm but vLLM cannot be imported: {e}") from e
+        sampler = VLLMSampler(
+            self.cfg.model.name, dtype=self.cfg.model.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
+            sync_bucket_mb=s.sync_bucket_mb, seed=self.cfg.trainer.seed,
+        )
+        sampler.sync_weights(self.model)
+        return sampler
+
+    # ---------------------------------------------------------------- sampling parameters
+
+    def _params(self, *, reflection: bool, seed: int | None, temperature: float | None = None) -> SamplingParams:
+        s = self.cfg.sampler
+        return SamplingParams(
+            temperature=s.temperature if temperature is None else temperature,
+            top_p=s.top_p,
+            max_new_tokens=s.max_reflection_tokens if reflection else s.max_answer_tokens,
+            seed=seed,
+        )
+
+    def _step_seed(self, step: int) -> int:
+        # A pure function of (seed, step): a resumed run samples exactly what the straight run did.
+        return self.cfg.trainer.seed * 1_000_003 + step * 10_007
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate(self, n: int | None = None) -> EvalResult:
+        n = self.cfg.trainer.eval_n if n is None else n
+        examples = self.task.dataset(n, seed=self.cfg.trainer.seed, split="eval")
+        t = self.cfg.trainer.eval_temperature
+        seed = self.cfg.trainer.seed + 17
+        self.sampler.wake()
+        try:
+            return evaluate(
+                self.sampler, self.tokenizer, self.task, examples,
+                answer_params=self._params(reflection=False, seed=seed, temperature=t),
+                reflection_params=self._params(reflection=True, seed=seed + 1, temperature=t),
+                chunk_size=self.cfg.sampler.chunk_size, progress=self.cfg.trainer.progress,
+            )
+        finally:
+            self.sampler.sleep()
+
+    def _eval_cached(self, name: str) -> EvalResult | None:
+        """Run (or, after a resume, reload) one evaluation and save every example's texts."""
+        if self.cfg.trainer.eval_n <= 0:
+            return None
+        path = self.run_dir / f"eval_{name}.json"
+        if name == "vanilla" and path.is_file():
+            raw = json.loads(path.read_text())
+            s = raw["summary"]
+            return EvalResult(n=s["n"], first_correct=s["first_try_correct"],
+                              second_correct=s["second_try_correct"], seconds=s["seconds"], records=raw["records"])
+        res = self.evaluate()
+        write_text_atomic(path, json.dumps({"summary": res.summary(), "records": res.records}, indent=1))
+        return res
+
+    # ---------------------------------------------------------------- one step
+
+    def _learn(self, seqs) -> dict:
+        """One optimiser step over every packed row of this step's sequences."""
+        plan = plan_step(seqs)
+        rows = pack_sequences(seqs, self.cfg.data.max_tokens, seed=self._step_seed(self.step))
+        self.model.train()
+        totals = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "span": 0, "tokens": 0}
+        backend = ""
+        for row in rows:
+            row = row.to(self.device)
+            ref = self.loss.logprobs(self.ref_model, row) if self.ref_model is not None else None
+            out, backend = self.loss(self.model, row, plan, ref_logp=ref)
+            # bnpo normalises each micro-batch on its own (TRL); average those over the step.
+            (out.loss / (len(rows) if self.loss.num_items(plan) is None else 1)).backward()
+            m = int(row.span_mask.sum())
+            totals["loss"] += float(out.loss.detach()) / (len(rows) if self.loss.num_items(plan) is None else 1)
+            totals["kl"] += float(out.kl.sum())  # host-device sync, once per row
+            totals["clip"] += float(out.clip_frac) * m
+            totals["entropy"] += float(out.entropy.sum())
+            totals["span"] += m
+            totals["tokens"] += row.num_tokens
+        clip = self.cfg.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        span = max(totals["span"], 1)
+        return {
+            "loss": totals["loss"], "kl": totals["kl"] / span, "clip_frac": totals["clip"] / span,
+            "entropy": totals["entropy"] / span, "grad_norm": float(grad_norm), "rows": len(rows),
+            "tokens": totals["tokens"], "span_tokens": totals["span"], "attention_backend": backend,
+        }
+
+    def train_step(self) -> dict:
+        cfg, seed = self.cfg, self._step_seed(self.step)
+        t0 = time.perf_counter()
+        self.sampler.wake()
+        failures = self.source.next(
+            cfg.data.failures_per_step, sampler=self.sampler, tokenizer=self.tokenizer,
+            params=self._params(reflection=False, seed=seed + 3), progress=cfg.trainer.progress,
+        )
+        result = rollout(
+            self.sampler, self.tokenizer, self.task, failures, group_size=cfg.sampler.group_size,
+            reflection_params=self._params(reflection=True, seed=seed),
+            answer_params=self._params(reflection=False, seed=seed + 1),
+            chunk_size=cfg.sampler.chunk_size, progress=cfg.trainer.progress,
+        )
+        self.sampler.sleep()
+        t1 = time.perf_counter()
+        metrics = {**result.metrics(), "lr": self.scheduler.get_last_lr()[0]}
+        seqs = to_sequences(result.kept)
+        if seqs:
+            metrics.update(self._learn(seqs))
+        else:  # no group carried a signal: nothing to learn from, the weights stay as they are
+            metrics.update(loss=0.0, kl=0.0, clip_frac=0.0, entropy=0.0, grad_norm=0.0, tokens=0, span_tokens=0)
+        self.scheduler.step()
+        t2 = time.perf_counter()
+        self.sampler.sync_weights(self.model)
+        t3 = time.perf_counter()
+        metrics.update(
+            rollout_s=t1 - t0, learner_s=t2 - t1, sync_s=t3 - t2, step_s=t3 - t0,
+            tokens_per_s=metrics["tokens"] / max(t2 - t1, 1e-9), peak_memory_mb=peak_memory_mb(self.device),
+            updated=bool(seqs),
+        )
+        self.step += 1
+        return metrics
+
+    # ---------------------------------------------------------------- the loop
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            trainer_state={"source": self.source.state_dict(), "config": self.cfg.to_dict()},
+        )
+
+    def export(self) -> Path:
+        """The final model as a plain HF directory: `r3fast eval --model <run>/final` loads it."""
+        dest = self.run_dir / "final"
+        with atomic_dir(dest) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        return dest
+
+    def train(self) -> dict:
+        t_start = time.perf_counter()
+        cfg = self.cfg.trainer
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+        vanilla = self._eval_cached("vanilla")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not cfg.progress)
+        while self.step < cfg.steps:
+            metrics = self.train_step()
+            self.logger.log(self.step, metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", loss=f"{metrics['loss']:.3g}")
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                self.save()
+            for cb in self.callbacks:
+                cb(self.step, metrics)
+        bar.close()
+        self.save()
+        final = self.export()
+        trained = self._eval_cached("trained")
+        self.logger.close()
+        summary = {"steps": self.step, "final_model": str(final), "seconds": time.perf_counter() - t_start}
+        if vanilla is not None and trained is not None:
+            summary.update(vanilla=vanilla.summary(), trained=trained.summary())
+            print(format_eval_table({"vanilla": vanilla, "trained": trained}))
+            print(four_column_table(vanilla, trained))
+        report = write_report(
+            self.run_dir, title=f"R3 on {getattr(self.task, 'name', 'task')} — {self.cfg.model.name}",
+            vanilla=vanilla, trained=trained, metrics=read_metrics(self.logger.path), config=self.cfg.to_dict(),
+            seconds=summary["seconds"],
+        )
+        summary["report"] = str(report)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
