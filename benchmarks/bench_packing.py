@@ -5,10 +5,15 @@ tokens only (-A * logp, normalised by the step's span-token count), the lm_head 
 positions only (as the fused loss does). Same model, same data, same loss for all three layouts;
 the script checks that the three losses agree.
 
-Data: SYNTHETIC lengths shaped like R3 (no recorded histogram yet): per group a prefix of
-U[150, 250] tokens (task + failed attempt + reflection prompt), G = 8 reflections of U[20, 120].
+Data: token ids are random, lengths are either SYNTHETIC R3-like (default: per group a prefix of
+U[150, 250] tokens, G = 8 reflections of U[20, 120]) or RECORDED (--lengths): the committed
+results/r3_lengths_countdown_smollm2.json holds 8 real groups, SmolLM2-135M-Instruct failing Countdown,
+prefix = task + failed attempt + reflection request, reflections sampled at T = 0.9, max 256 tokens
+(re-record with --record PATH; ~12 min on 2 busy CPU cores).
 
-    python benchmarks/bench_packing.py                      # CPU, SmolLM2-135M width, 4 layers
+    python benchmarks/bench_packing.py --threads 1          # CPU, SmolLM2-135M width, 4 layers, synthetic
+    python benchmarks/bench_packing.py \
+        --threads 1 --lengths benchmarks/results/r3_lengths_countdown_smollm2.json
     python benchmarks/bench_packing.py --device cuda --preset smollm2 --groups 32
 
 Prints a table; writes benchmarks/results/packing_<device>_<date>.json with device, versions, figures.
@@ -103,7 +108,14 @@ def record_lengths(n_groups: int, g: int, out: Path, seed: int = 0) -> None:
         task = countdown.build_prompt(ex)
         ids = torch.tensor([render(tok, attempt_messages(task))])
         with torch.no_grad():
-            att = model.generate(ids, do_sample=True, temperature=0.9, max_new_tokens=64, pad_token_id=eos)
+            att = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=0.9,
+                max_new_tokens=64,
+                pad_token_id=eos,
+            )
         answer = tok.decode(att[0, ids.shape[1] :], skip_special_tokens=True)
         if countdown.verify(ex, answer):
             continue  # only failures are reflected on
@@ -111,7 +123,12 @@ def record_lengths(n_groups: int, g: int, out: Path, seed: int = 0) -> None:
         ids = torch.tensor([prefix] * g)
         with torch.no_grad():
             out_ids = model.generate(
-                ids, do_sample=True, temperature=0.9, max_new_tokens=256, pad_token_id=eos
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=0.9,
+                max_new_tokens=256,
+                pad_token_id=eos,
             )
         lens = []
         for row in out_ids[:, len(prefix) :].tolist():
@@ -329,7 +346,8 @@ def main() -> None:
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         results=results,
     )
-    out = Path(args.out) / f"packing_{tag.strip('-')}_{now:%Y%m%d}.json"
+    data_tag = f"_{Path(args.lengths).stem}" if args.lengths else ""  # recorded vs synthetic lengths
+    out = Path(args.out) / f"packing_{tag.strip('-')}_{now:%Y%m%d}{data_tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")

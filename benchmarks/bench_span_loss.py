@@ -20,6 +20,7 @@ import argparse
 import datetime
 import itertools
 import json
+import os
 import platform
 import re
 import statistics
@@ -187,6 +188,7 @@ def main() -> None:
     rows = {"naive torch": row_naive, "liger chunked": row_liger_chunked, "r3fast torch": row_r3fast("torch")}
     if gpu:
         rows |= {"liger triton (logits)": row_liger_triton, "r3fast triton": row_r3fast("triton")}
+    load_before = os.getloadavg()  # a shared CPU box skews timings: record how busy it was
     rate = matmul_tflops(dtype, device)
     results = []
     print(f"{device_name(device)}  {dtype}  matmul {rate:.2f} TFLOP/s")
@@ -220,6 +222,8 @@ def main() -> None:
         dtype=str(dtype),
         date=today,
         matmul_tflops=rate,
+        loadavg_before=load_before,
+        loadavg_after=os.getloadavg(),
         versions=dict(
             torch=torch.__version__, triton=version("triton"), liger_kernel=version("liger-kernel")
         ),

@@ -7,6 +7,7 @@ autograd hands dL/dlogp [M] to the implementation's backward.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,8 @@ def _logp_fn(impl: str, hidden: Tensor) -> LogpFn:
     if impl == "torch":
         return torch_span_logp
     if impl == "triton":
+        if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
         from .span_loss_triton import triton_span_logp  # imports triton: only when asked for
 
         return triton_span_logp

@@ -1,8 +1,8 @@
 """r3fast — Reflect, Retry, Reward: GRPO on self-reflections, with fused span kernels.
 
-    from r3fast import R3Config, R3Trainer
-    from r3fast.tasks import make_task
-    R3Trainer(R3Config(), task=make_task("mine", build_prompt=..., verify=..., examples=[...])).train()
+from r3fast import R3Config, R3Trainer
+from r3fast.tasks import make_task
+R3Trainer(R3Config(), task=make_task("mine", build_prompt=..., verify=..., examples=[...])).train()
 """
 
 from .config import R3Config

@@ -77,7 +77,9 @@ def load_checkpoint(
     path = Path(path)
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if unexpected or [k for k in missing if not _is_tied(model, k)]:
-        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+        raise RuntimeError(
+            f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})"
+        )
     state = torch.load(path / "state.pt", weights_only=False)  # our own file: RNG states are not tensors
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

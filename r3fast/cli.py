@@ -1,8 +1,8 @@
 """`r3fast eval | mine | train` — the command line.
 
-    r3fast eval  --task countdown --model smollm2-135m-instruct --n 50
-    r3fast mine  --task countdown --model smollm2-135m-instruct --tries 4 --n 256 --out failures.jsonl
-    r3fast train --preset countdown-demo            # or --config run.yaml, plus --section.field overrides
+r3fast eval  --task countdown --model smollm2-135m-instruct --n 50
+r3fast mine  --task countdown --model smollm2-135m-instruct --tries 4 --n 256 --out failures.jsonl
+r3fast train --preset countdown-demo            # or --config run.yaml, plus --section.field overrides
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def _sampler(model, tok, backend: str, model_name: str):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="countdown", help="registered task name (see r3fast.tasks.available_tasks)")
+    p.add_argument(
+        "--task", default="countdown", help="registered task name (see r3fast.tasks.available_tasks)"
+    )
     p.add_argument("--task-options", default=None, help="YAML mapping of task options, e.g. '{preset: easy}'")
     p.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, local dir or HF hub id")
     p.add_argument("--n", type=int, default=50, help="examples")
@@ -61,19 +63,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sampler = _sampler(model, tok, args.sampler, args.model)
     examples = task.dataset(args.n, seed=args.seed, split=args.split)
     res = evaluate(
-        sampler, tok, task, examples,
-        answer_params=SamplingParams(temperature=args.temperature, max_new_tokens=args.max_answer_tokens,
-                                     seed=args.seed),
-        reflection_params=SamplingParams(temperature=args.temperature, max_new_tokens=args.max_reflection_tokens,
-                                         seed=args.seed + 1),
+        sampler,
+        tok,
+        task,
+        examples,
+        answer_params=SamplingParams(
+            temperature=args.temperature, max_new_tokens=args.max_answer_tokens, seed=args.seed
+        ),
+        reflection_params=SamplingParams(
+            temperature=args.temperature, max_new_tokens=args.max_reflection_tokens, seed=args.seed + 1
+        ),
     )
     print(f"task={args.task} model={args.model} split={args.split} temperature={args.temperature}")
     print(format_eval_table({"model": res}))
     if args.out:
         from .atomic import write_text_atomic
 
-        write_text_atomic(args.out, json.dumps({"summary": res.summary(), "args": vars(args), "records": res.records},
-                                               indent=1))
+        write_text_atomic(
+            args.out,
+            json.dumps({"summary": res.summary(), "args": vars(args), "records": res.records}, indent=1),
+        )
         print(f"wrote {args.out}")
     return 0
 
@@ -91,7 +100,9 @@ def cmd_mine(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model, device=_device(args.device))
     sampler = _sampler(model, tok, args.sampler, args.model)
     examples = task.dataset(args.n, seed=args.seed, split="train")
-    params = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_answer_tokens, seed=args.seed)
+    params = SamplingParams(
+        temperature=args.temperature, max_new_tokens=args.max_answer_tokens, seed=args.seed
+    )
     res = mine_failures(sampler, tok, task, examples, tries=args.tries, params=params, model_name=args.model)
     write_jsonl_atomic(args.out, res.records)
     print(json.dumps(res.summary(), indent=1))
@@ -116,7 +127,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="r3fast", description="Reflect, Retry, Reward — fast GRPO on reflections")
+    parser = argparse.ArgumentParser(
+        prog="r3fast", description="Reflect, Retry, Reward — fast GRPO on reflections"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("eval", help="1st try, then reflection + 2nd try on failures")
     _common(p)
@@ -127,10 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--tries", type=int, default=4, help="K: first attempts per example")
     p.add_argument("--temperature", type=float, default=0.9)
-    p = sub.add_parser("train", help="R3 GRPO training (extra --section.field value pairs override the config)")
+    p = sub.add_parser(
+        "train", help="R3 GRPO training (extra --section.field value pairs override the config)"
+    )
     p.add_argument("--config", default=None, help="YAML or TOML file")
     p.add_argument("--preset", default=None, choices=sorted(presets.PRESETS))
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in trainer.output_dir")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in trainer.output_dir"
+    )
     return parser
 
 

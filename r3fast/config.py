@@ -177,7 +177,9 @@ class R3Config:
             values = raw.get(f.name) or {}
             bad = set(values) - set(_names(section_cls))
             if bad:
-                raise ValueError(f"unknown field(s) {sorted(bad)} in [{f.name}]; known: {_names(section_cls)}")
+                raise ValueError(
+                    f"unknown field(s) {sorted(bad)} in [{f.name}]; known: {_names(section_cls)}"
+                )
             parts[f.name] = section_cls(**values)
         return cls(**parts)
 
@@ -227,7 +229,11 @@ def _coerce(text: str, hint: Any, key: str) -> Any:
         base = typing.get_origin(opt) or opt
         if base is tuple and isinstance(value, list):
             return tuple(value)
-        if isinstance(base, type) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        if (
+            isinstance(base, type)
+            and isinstance(value, base)
+            and not (base is int and isinstance(value, bool))
+        ):
             return value
     raise ValueError(f"--{key}: cannot read {text!r} as {hint}")
 

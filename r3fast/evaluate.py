@@ -57,7 +57,11 @@ def evaluate(
     task_msgs = [task.build_prompt(ex) for ex in examples]
     one = dataclasses.replace(answer_params, n=1)
     firsts = generate_chunked(
-        sampler, [render(tokenizer, m) for m in task_msgs], one, chunk_size=chunk_size, desc="1st try",
+        sampler,
+        [render(tokenizer, m) for m in task_msgs],
+        one,
+        chunk_size=chunk_size,
+        desc="1st try",
         progress=progress,
     )
     records = []
@@ -66,10 +70,16 @@ def evaluate(
         records.append({"example": ex, "first_try": text, "first_ok": bool(task.verify(ex, text))})
     failed = [i for i, r in enumerate(records) if not r["first_ok"]]
     if failed:
-        refl_prompts = [render(tokenizer, reflect_messages(task_msgs[i], records[i]["first_try"])) for i in failed]
+        refl_prompts = [
+            render(tokenizer, reflect_messages(task_msgs[i], records[i]["first_try"])) for i in failed
+        ]
         refl = generate_chunked(
-            sampler, refl_prompts, dataclasses.replace(reflection_params, n=1), chunk_size=chunk_size,
-            desc="reflect", progress=progress,
+            sampler,
+            refl_prompts,
+            dataclasses.replace(reflection_params, n=1),
+            chunk_size=chunk_size,
+            desc="reflect",
+            progress=progress,
         )
         retry_prompts = [
             render(tokenizer, retry_messages(task_msgs[i], records[i]["first_try"], r[0].text))
@@ -80,11 +90,16 @@ def evaluate(
         )
         for i, r, s in zip(failed, refl, retries):
             ex = records[i]["example"]
-            records[i].update(reflection=r[0].text, second_try=s[0].text, second_ok=bool(task.verify(ex, s[0].text)))
+            records[i].update(
+                reflection=r[0].text, second_try=s[0].text, second_ok=bool(task.verify(ex, s[0].text))
+            )
     first = sum(r["first_ok"] for r in records)
     second = first + sum(r.get("second_ok", False) for r in records)
     return EvalResult(
-        n=len(examples), first_correct=first, second_correct=second, seconds=time.perf_counter() - t0,
+        n=len(examples),
+        first_correct=first,
+        second_correct=second,
+        seconds=time.perf_counter() - t0,
         records=records,
     )
 

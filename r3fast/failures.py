@@ -16,7 +16,13 @@ class FailureSource:
     """Hands out `k` failures per call in a seeded order; `state_dict` holds the cursor."""
 
     def __init__(
-        self, *, task, path: str | None = None, online: bool = False, seed: int = 0, tries: int = 4,
+        self,
+        *,
+        task,
+        path: str | None = None,
+        online: bool = False,
+        seed: int = 0,
+        tries: int = 4,
         pool_size: int = 2048,
     ) -> None:
         if (path is None) == (not online):
@@ -41,7 +47,9 @@ class FailureSource:
             self.cursor += 1
         return items
 
-    def next(self, k: int, *, sampler: Sampler, tokenizer, params: SamplingParams, progress: bool = True) -> list[Failure]:
+    def next(
+        self, k: int, *, sampler: Sampler, tokenizer, params: SamplingParams, progress: bool = True
+    ) -> list[Failure]:
         if not self.online:
             return self._take(k)
         # Online: mine fresh examples until k failures are found (bounded: 8 rounds).
@@ -49,9 +57,17 @@ class FailureSource:
         for round_ in range(8):
             examples = self._take(k)
             res = mine_failures(
-                sampler, tokenizer, self.task, examples, tries=self.tries, keep_per_example=1, progress=progress,
+                sampler,
+                tokenizer,
+                self.task,
+                examples,
+                tries=self.tries,
+                keep_per_example=1,
+                progress=progress,
                 params=SamplingParams(
-                    temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_new_tokens=params.max_new_tokens,
                     seed=None if params.seed is None else params.seed + 7919 * round_,
                 ),
             )

@@ -29,7 +29,9 @@ def generate_chunked(
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, leave=False)
     for k, start in enumerate(range(0, len(prompts), chunk_size)):
         seed = None if params.seed is None else params.seed + k
-        out.extend(sampler.generate(prompts[start : start + chunk_size], dataclasses.replace(params, seed=seed)))
+        out.extend(
+            sampler.generate(prompts[start : start + chunk_size], dataclasses.replace(params, seed=seed))
+        )
         bar.update(min(chunk_size, len(prompts) - start))
     bar.close()
     return out

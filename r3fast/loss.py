@@ -19,10 +19,14 @@ def check_supported(model: torch.nn.Module) -> None:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     for attr in ("final_logit_softcapping", "logit_softcapping"):
         if getattr(cfg, attr, None):
-            raise NotImplementedError(f"{type(model).__name__} uses {attr}={getattr(cfg, attr)}; the span loss does not")
+            raise NotImplementedError(
+                f"{type(model).__name__} uses {attr}={getattr(cfg, attr)}; the span loss does not"
+            )
     for attr in ("logit_scale", "logits_scaling"):
         if getattr(cfg, attr, None) not in (None, 1, 1.0):
-            raise NotImplementedError(f"{type(model).__name__} scales logits ({attr}); the span loss does not")
+            raise NotImplementedError(
+                f"{type(model).__name__} scales logits ({attr}); the span loss does not"
+            )
     head = model.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
         raise NotImplementedError("the span loss needs an lm_head without bias")
@@ -55,12 +59,21 @@ class SpanLoss:
         """[M] log-probs of the span tokens (reference or old policy)."""
         hidden, _ = forward_hidden(model, batch)
         return span_logprobs(
-            hidden, lm_head_weight(model), batch.targets, batch.span_mask, temperature=self.temperature,
+            hidden,
+            lm_head_weight(model),
+            batch.targets,
+            batch.span_mask,
+            temperature=self.temperature,
             impl=self.cfg.impl,
         )
 
     def __call__(
-        self, model: torch.nn.Module, batch: PackedBatch, plan: StepPlan, *, ref_logp: torch.Tensor | None = None
+        self,
+        model: torch.nn.Module,
+        batch: PackedBatch,
+        plan: StepPlan,
+        *,
+        ref_logp: torch.Tensor | None = None,
     ):
         hidden, backend = forward_hidden(model, batch)
         out = span_grpo_loss(

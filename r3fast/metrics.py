@@ -28,7 +28,9 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(
+        self, run_dir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:

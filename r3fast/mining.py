@@ -55,8 +55,12 @@ def mine_failures(
     """Sample `tries` first attempts per example; keep failed ones (at most `keep_per_example`)."""
     prompts = [render(tokenizer, task.build_prompt(ex)) for ex in examples]
     outs = generate_chunked(
-        sampler, prompts, dataclasses.replace(params, n=tries), chunk_size=max(1, chunk_size // tries),
-        desc="mine", progress=progress,
+        sampler,
+        prompts,
+        dataclasses.replace(params, n=tries),
+        chunk_size=max(1, chunk_size // tries),
+        desc="mine",
+        progress=progress,
     )
     meta = {"model": model_name, "task": getattr(task, "name", ""), "sampling": dataclasses.asdict(params)}
     records, correct, solved = [], 0, 0
@@ -67,11 +71,20 @@ def mine_failures(
         kept = [c for c, ok in zip(comps, oks) if not ok][:keep_per_example]
         for j, c in enumerate(kept):
             records.append(
-                {"example": ex, "attempt": c.text, "attempt_ids": c.token_ids, "example_index": idx,
-                 "try": j, **meta}
+                {
+                    "example": ex,
+                    "attempt": c.text,
+                    "attempt_ids": c.token_ids,
+                    "example_index": idx,
+                    "try": j,
+                    **meta,
+                }
             )
     return MineResult(
-        records=records, examples=len(examples), attempts=len(examples) * tries, correct_attempts=correct,
+        records=records,
+        examples=len(examples),
+        attempts=len(examples) * tries,
+        correct_attempts=correct,
         examples_solved_once=solved,
     )
 

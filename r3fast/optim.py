@@ -8,7 +8,7 @@ import torch
 
 from .config import OptimConfig
 
-__all__ = ["build_optimizer", "build_scheduler"]
+__all__ = ["LRSchedule", "build_optimizer", "build_scheduler"]
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -17,22 +17,55 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
         try:
             import bitsandbytes as bnb
         except ImportError as e:
-            raise RuntimeError("optim.optimizer=adamw8bit needs bitsandbytes (`pip install bitsandbytes`)") from e
+            raise RuntimeError(
+                "optim.optimizer=adamw8bit needs bitsandbytes (`pip install bitsandbytes`)"
+            ) from e
         return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
-    """Linear warm-up to the peak lr, then constant / linear / cosine decay to 0 at `total_steps`."""
+class LRSchedule:
+    """Linear warm-up to the peak lr, then constant / linear / cosine decay to 0 at `total_steps`.
 
-    def factor(step: int) -> float:
+    Advances once per trainer step, whether or not that step updated the weights (a step whose
+    groups all had equal rewards has nothing to learn from, but the schedule still moves on).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> None:
+        self.optimizer, self.cfg, self.total_steps = optimizer, cfg, total_steps
+        self.peak = [g["lr"] for g in optimizer.param_groups]
+        self.step_count = 0
+        self._apply()
+
+    def factor(self, step: int) -> float:
+        cfg = self.cfg
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.total_steps - cfg.warmup_steps))
         if cfg.schedule == "linear":
             return 1.0 - progress
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def _apply(self) -> None:
+        for group, peak in zip(self.optimizer.param_groups, self.peak):
+            group["lr"] = peak * self.factor(self.step_count)
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "peak": self.peak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count, self.peak = state["step_count"], list(state["peak"])
+        self._apply()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRSchedule:
+    return LRSchedule(optimizer, cfg, total_steps)

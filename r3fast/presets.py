@@ -27,10 +27,12 @@ def countdown_demo() -> R3Config:
     """
     return R3Config(
         model=ModelConfig(name="smollm2-135m-instruct", dtype="float32", device="auto"),
-        task=TaskConfig(name="countdown", options={"num_numbers": 2, "number_range": [1, 10],
-                                                   "target_range": [1, 100]}),
-        sampler=SamplerConfig(group_size=8, temperature=0.9, max_answer_tokens=24, max_reflection_tokens=48,
-                              chunk_size=64),
+        task=TaskConfig(
+            name="countdown", options={"num_numbers": 2, "number_range": [1, 10], "target_range": [1, 100]}
+        ),
+        sampler=SamplerConfig(
+            group_size=8, temperature=0.9, max_answer_tokens=24, max_reflection_tokens=48, chunk_size=64
+        ),
         loss=LossConfig(loss_type="dapo", beta=0.001),
         optim=OptimConfig(lr=2e-6, warmup_steps=2, grad_clip=1.0),
         data=DataConfig(online=True, failures_per_step=8, mine_tries=2, max_tokens=4096),
@@ -42,10 +44,13 @@ def countdown_paper() -> R3Config:
     """The paper's Countdown setting (3-4 numbers <= 100), for a GPU and a 1.5B-class model."""
     return R3Config(
         model=ModelConfig(name="Qwen/Qwen2.5-1.5B-Instruct", dtype="bfloat16"),
-        task=TaskConfig(name="countdown", options={"num_numbers": [3, 4], "number_range": [1, 100],
-                                                   "target_range": [1, 999]}),
-        sampler=SamplerConfig(backend="vllm", group_size=8, temperature=0.9, max_answer_tokens=256,
-                              max_reflection_tokens=512),
+        task=TaskConfig(
+            name="countdown",
+            options={"num_numbers": [3, 4], "number_range": [1, 100], "target_range": [1, 999]},
+        ),
+        sampler=SamplerConfig(
+            backend="vllm", group_size=8, temperature=0.9, max_answer_tokens=256, max_reflection_tokens=512
+        ),
         loss=LossConfig(loss_type="dapo", beta=0.001),
         optim=OptimConfig(lr=1e-6, warmup_steps=10, schedule="cosine"),
         data=DataConfig(failures="failures.jsonl", failures_per_step=32, max_tokens=16384),

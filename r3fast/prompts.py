@@ -48,5 +48,7 @@ def retry_messages(task_messages: Messages, failed_answer: str, reflection: str)
 
 def render(tokenizer, messages: Messages) -> list[int]:
     """Token ids of `messages` through the tokenizer's chat template, ready for the next assistant turn."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     return list(ids)

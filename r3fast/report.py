@@ -52,8 +52,14 @@ def four_column_table(vanilla: EvalResult, trained: EvalResult) -> str:
 
 
 def write_report(
-    run_dir: str | Path, *, title: str, vanilla: EvalResult | None, trained: EvalResult | None,
-    metrics: list[dict], config: dict, seconds: float,
+    run_dir: str | Path,
+    *,
+    title: str,
+    vanilla: EvalResult | None,
+    trained: EvalResult | None,
+    metrics: list[dict],
+    config: dict,
+    seconds: float,
 ) -> Path:
     run_dir = Path(run_dir)
     plots = plot_metrics(metrics, run_dir)

@@ -62,7 +62,9 @@ class RolloutResult:
             "frac_groups_with_signal": len(self.kept) / n,
             "groups_all_equal_dropped": len(self.groups) - len(self.kept),
             "reflection_len_mean": sum(lengths) / max(len(lengths), 1),
-            "reflection_truncated_frac": sum(c.finish_reason == "length" for g in self.groups for c in g.reflections)
+            "reflection_truncated_frac": sum(
+                c.finish_reason == "length" for g in self.groups for c in g.reflections
+            )
             / max(len(lengths), 1),
         }
 
@@ -91,8 +93,12 @@ def rollout(
     task_msgs = [task.build_prompt(f.example) for f in failures]
     prompts = [render(tokenizer, reflect_messages(m, f.attempt)) for m, f in zip(task_msgs, failures)]
     refl = generate_chunked(
-        sampler, prompts, dataclasses.replace(reflection_params, n=group_size),
-        chunk_size=max(1, chunk_size // group_size), desc="reflect", progress=progress,
+        sampler,
+        prompts,
+        dataclasses.replace(reflection_params, n=group_size),
+        chunk_size=max(1, chunk_size // group_size),
+        desc="reflect",
+        progress=progress,
     )
     retry_prompts = [
         render(tokenizer, retry_messages(m, f.attempt, c.text))
@@ -100,16 +106,26 @@ def rollout(
         for c in group
     ]
     retries = generate_chunked(
-        sampler, retry_prompts, dataclasses.replace(answer_params, n=1), chunk_size=chunk_size,
-        desc="retry", progress=progress,
+        sampler,
+        retry_prompts,
+        dataclasses.replace(answer_params, n=1),
+        chunk_size=chunk_size,
+        desc="retry",
+        progress=progress,
     )
     groups = []
     for i, (f, p, group) in enumerate(zip(failures, prompts, refl)):
         texts = [r[0].text for r in retries[i * group_size : (i + 1) * group_size]]
         rewards = [1.0 if task.verify(f.example, t) else 0.0 for t in texts]
         groups.append(
-            Group(failure=f, prompt_ids=p, reflections=group, retries=texts, rewards=rewards,
-                  advantages=group_advantages(rewards))
+            Group(
+                failure=f,
+                prompt_ids=p,
+                reflections=group,
+                retries=texts,
+                rewards=rewards,
+                advantages=group_advantages(rewards),
+            )
         )
     return RolloutResult(groups=groups)
 

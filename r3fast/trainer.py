@@ -47,7 +47,13 @@ class R3Trainer:
     train on your own task, and `model=`/`tokenizer=` to bring a model already in memory."""
 
     def __init__(
-        self, config: R3Config, *, task=None, model=None, tokenizer=None, resume: bool = False,
+        self,
+        config: R3Config,
+        *,
+        task=None,
+        model=None,
+        tokenizer=None,
+        resume: bool = False,
         callbacks: list[Callable[[int, dict], None]] | None = None,
     ) -> None:
         self.cfg = config
@@ -70,7 +76,10 @@ class R3Trainer:
         self.loss = SpanLoss(config.loss, temperature=s.temperature, max_span_tokens=s.max_reflection_tokens)
         self.sampler = self._build_sampler()
         self.source = FailureSource(
-            task=self.task, path=config.data.failures, online=config.data.online, seed=config.trainer.seed,
+            task=self.task,
+            path=config.data.failures,
+            online=config.data.online,
+            seed=config.trainer.seed,
             tries=config.data.mine_tries,
         )
         self.callbacks = callbacks or []
@@ -79,7 +88,9 @@ class R3Trainer:
         if resume and ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
         if ckpt is not None:
-            state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+            state = load_checkpoint(
+                ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+            )
             self.step = state["step"]
             self.source.load_state_dict(state["source"])
             self.sampler.sync_weights(self.model)
@@ -98,15 +109,20 @@ class R3Trainer:
         except ImportError as e:
             raise RuntimeError(f"sampler.backend=vllm but vLLM cannot be imported: {e}") from e
         sampler = VLLMSampler(
-            self.cfg.model.name, dtype=self.cfg.model.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
-            sync_bucket_mb=s.sync_bucket_mb, seed=self.cfg.trainer.seed,
+            self.cfg.model.name,
+            dtype=self.cfg.model.dtype,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            sync_bucket_mb=s.sync_bucket_mb,
+            seed=self.cfg.trainer.seed,
         )
         sampler.sync_weights(self.model)
         return sampler
 
     # ---------------------------------------------------------------- sampling parameters
 
-    def _params(self, *, reflection: bool, seed: int | None, temperature: float | None = None) -> SamplingParams:
+    def _params(
+        self, *, reflection: bool, seed: int | None, temperature: float | None = None
+    ) -> SamplingParams:
         s = self.cfg.sampler
         return SamplingParams(
             temperature=s.temperature if temperature is None else temperature,
@@ -129,10 +145,14 @@ class R3Trainer:
         self.sampler.wake()
         try:
             return evaluate(
-                self.sampler, self.tokenizer, self.task, examples,
+                self.sampler,
+                self.tokenizer,
+                self.task,
+                examples,
                 answer_params=self._params(reflection=False, seed=seed, temperature=t),
                 reflection_params=self._params(reflection=True, seed=seed + 1, temperature=t),
-                chunk_size=self.cfg.sampler.chunk_size, progress=self.cfg.trainer.progress,
+                chunk_size=self.cfg.sampler.chunk_size,
+                progress=self.cfg.trainer.progress,
             )
         finally:
             self.sampler.sleep()
@@ -145,8 +165,13 @@ class R3Trainer:
         if name == "vanilla" and path.is_file():
             raw = json.loads(path.read_text())
             s = raw["summary"]
-            return EvalResult(n=s["n"], first_correct=s["first_try_correct"],
-                              second_correct=s["second_try_correct"], seconds=s["seconds"], records=raw["records"])
+            return EvalResult(
+                n=s["n"],
+                first_correct=s["first_try_correct"],
+                second_correct=s["second_try_correct"],
+                seconds=s["seconds"],
+                records=raw["records"],
+            )
         res = self.evaluate()
         write_text_atomic(path, json.dumps({"summary": res.summary(), "records": res.records}, indent=1))
         return res
@@ -167,7 +192,9 @@ class R3Trainer:
             # bnpo normalises each micro-batch on its own (TRL); average those over the step.
             (out.loss / (len(rows) if self.loss.num_items(plan) is None else 1)).backward()
             m = int(row.span_mask.sum())
-            totals["loss"] += float(out.loss.detach()) / (len(rows) if self.loss.num_items(plan) is None else 1)
+            totals["loss"] += float(out.loss.detach()) / (
+                len(rows) if self.loss.num_items(plan) is None else 1
+            )
             totals["kl"] += float(out.kl.sum())  # host-device sync, once per row
             totals["clip"] += float(out.clip_frac) * m
             totals["entropy"] += float(out.entropy.sum())
@@ -180,9 +207,15 @@ class R3Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         span = max(totals["span"], 1)
         return {
-            "loss": totals["loss"], "kl": totals["kl"] / span, "clip_frac": totals["clip"] / span,
-            "entropy": totals["entropy"] / span, "grad_norm": float(grad_norm), "rows": len(rows),
-            "tokens": totals["tokens"], "span_tokens": totals["span"], "attention_backend": backend,
+            "loss": totals["loss"],
+            "kl": totals["kl"] / span,
+            "clip_frac": totals["clip"] / span,
+            "entropy": totals["entropy"] / span,
+            "grad_norm": float(grad_norm),
+            "rows": len(rows),
+            "tokens": totals["tokens"],
+            "span_tokens": totals["span"],
+            "attention_backend": backend,
         }
 
     def train_step(self) -> dict:
@@ -190,14 +223,22 @@ class R3Trainer:
         t0 = time.perf_counter()
         self.sampler.wake()
         failures = self.source.next(
-            cfg.data.failures_per_step, sampler=self.sampler, tokenizer=self.tokenizer,
-            params=self._params(reflection=False, seed=seed + 3), progress=cfg.trainer.progress,
+            cfg.data.failures_per_step,
+            sampler=self.sampler,
+            tokenizer=self.tokenizer,
+            params=self._params(reflection=False, seed=seed + 3),
+            progress=cfg.trainer.progress,
         )
         result = rollout(
-            self.sampler, self.tokenizer, self.task, failures, group_size=cfg.sampler.group_size,
+            self.sampler,
+            self.tokenizer,
+            self.task,
+            failures,
+            group_size=cfg.sampler.group_size,
             reflection_params=self._params(reflection=True, seed=seed),
             answer_params=self._params(reflection=False, seed=seed + 1),
-            chunk_size=cfg.sampler.chunk_size, progress=cfg.trainer.progress,
+            chunk_size=cfg.sampler.chunk_size,
+            progress=cfg.trainer.progress,
         )
         self.sampler.sleep()
         t1 = time.perf_counter()
@@ -206,14 +247,20 @@ class R3Trainer:
         if seqs:
             metrics.update(self._learn(seqs))
         else:  # no group carried a signal: nothing to learn from, the weights stay as they are
-            metrics.update(loss=0.0, kl=0.0, clip_frac=0.0, entropy=0.0, grad_norm=0.0, tokens=0, span_tokens=0)
+            metrics.update(
+                loss=0.0, kl=0.0, clip_frac=0.0, entropy=0.0, grad_norm=0.0, tokens=0, span_tokens=0
+            )
         self.scheduler.step()
         t2 = time.perf_counter()
         self.sampler.sync_weights(self.model)
         t3 = time.perf_counter()
         metrics.update(
-            rollout_s=t1 - t0, learner_s=t2 - t1, sync_s=t3 - t2, step_s=t3 - t0,
-            tokens_per_s=metrics["tokens"] / max(t2 - t1, 1e-9), peak_memory_mb=peak_memory_mb(self.device),
+            rollout_s=t1 - t0,
+            learner_s=t2 - t1,
+            sync_s=t3 - t2,
+            step_s=t3 - t0,
+            tokens_per_s=metrics["tokens"] / max(t2 - t1, 1e-9),
+            peak_memory_mb=peak_memory_mb(self.device),
             updated=bool(seqs),
         )
         self.step += 1
@@ -223,7 +270,11 @@ class R3Trainer:
 
     def save(self) -> Path:
         return save_checkpoint(
-            self.run_dir, self.step, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            self.run_dir,
+            self.step,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
             trainer_state={"source": self.source.state_dict(), "config": self.cfg.to_dict()},
         )
 
@@ -262,8 +313,12 @@ class R3Trainer:
             print(format_eval_table({"vanilla": vanilla, "trained": trained}))
             print(four_column_table(vanilla, trained))
         report = write_report(
-            self.run_dir, title=f"R3 on {getattr(self.task, 'name', 'task')} — {self.cfg.model.name}",
-            vanilla=vanilla, trained=trained, metrics=read_metrics(self.logger.path), config=self.cfg.to_dict(),
+            self.run_dir,
+            title=f"R3 on {getattr(self.task, 'name', 'task')} — {self.cfg.model.name}",
+            vanilla=vanilla,
+            trained=trained,
+            metrics=read_metrics(self.logger.path),
+            config=self.cfg.to_dict(),
             seconds=summary["seconds"],
         )
         summary["report"] = str(report)

@@ -32,7 +32,7 @@ def problem(n=40, h=16, v=97, dtype=torch.float32, device="cpu"):
     mask[:2] = True
     return dict(
         hidden=torch.randn(n, h, device=device).to(dtype),
-        weight=(torch.randn(v, h, device=device) * 0.4).to(dtype),
+        weight=(torch.randn(v, h, device=device) * 2 / h**0.5).to(dtype),  # logits ~ N(0, 4)
         targets=torch.randint(0, v, (n,), device=device),
         mask=mask,
         advantages=torch.randn(n, device=device),
@@ -127,6 +127,13 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_naming_the_argument(make, exc, match):
     with pytest.raises(exc, match=match):
         span_grpo_loss(**make(problem()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors only")
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="impl='triton' needs CUDA"):
+        span_grpo_loss(**problem(), impl="triton")
 
 
 def test_targets_off_the_mask_are_not_checked():
@@ -232,7 +239,8 @@ def test_cuda_triton_large_vocab_vs_fp64(loss_type, seed):
     p["mask"] = torch.zeros(1024, dtype=torch.bool, device="cuda")
     p["mask"][torch.randperm(1024, device="cuda")[:256]] = True
     p["seq_ids"] = torch.arange(1024, device="cuda") // 128
-    p["ref_logp"] = torch.randn(1024, device="cuda") - 12
+    logp = span_logprobs(p["hidden"], p["weight"], p["targets"], p["mask"], temperature=0.9, impl="torch")
+    p["ref_logp"] = logp + 0.1 * torch.randn_like(logp)  # a reference close to the policy
     kw = dict(beta=0.04, temperature=0.9, loss_type=loss_type)
     outs = {}
     for name, fn, extra in (
@@ -255,10 +263,13 @@ def test_cuda_triton_large_vocab_vs_fp64(loss_type, seed):
 @cuda
 @pytest.mark.cuda
 def test_cuda_triton_matches_torch_path_large(seed):
+    """A larger batch (M ≈ 4096): the two fused paths agree to bf16 precision, relative to the max."""
     p = problem(n=8192, h=1536, v=151936, dtype=torch.bfloat16, device="cuda")
+    outs = {}
     for impl in ("triton", "torch"):
         h, w = p["hidden"].clone().requires_grad_(), p["weight"].clone().requires_grad_()
         out = span_grpo_loss(**{**p, "hidden": h, "weight": w}, impl=impl)
-        p[impl] = (out.logp, out.entropy, *torch.autograd.grad(out.loss, (h, w)))
-    for a, b in zip(p["triton"], p["torch"], strict=True):
-        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-3)
+        outs[impl] = (out.logp, out.entropy, *torch.autograd.grad(out.loss, (h, w)))
+    for what, a, b in zip(["logp", "entropy", "d hidden", "d weight"], *outs.values(), strict=True):
+        rel = ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+        assert rel <= 1e-2, f"{what}: triton vs torch relative error {rel:.3g} ({seed=})"

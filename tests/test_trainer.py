@@ -28,11 +28,36 @@ def tiny_config(tmp_path, **over) -> R3Config:
     apply_overrides(
         cfg,
         [
-            "--sampler.group_size", "4", "--sampler.max_answer_tokens", "6", "--sampler.max_reflection_tokens", "8",
-            "--data.online", "true", "--data.failures_per_step", "2", "--data.mine_tries", "1",
-            "--data.max_tokens", "256", "--optim.lr", "1e-3", "--trainer.eval_n", "4", "--trainer.steps", "2",
-            "--trainer.save_every", "1", "--trainer.progress", "false", "--trainer.tensorboard", "false",
-            "--trainer.output_dir", str(tmp_path / "run"), "--model.device", "cpu",
+            "--sampler.group_size",
+            "4",
+            "--sampler.max_answer_tokens",
+            "6",
+            "--sampler.max_reflection_tokens",
+            "8",
+            "--data.online",
+            "true",
+            "--data.failures_per_step",
+            "2",
+            "--data.mine_tries",
+            "1",
+            "--data.max_tokens",
+            "256",
+            "--optim.lr",
+            "1e-3",
+            "--trainer.eval_n",
+            "4",
+            "--trainer.steps",
+            "2",
+            "--trainer.save_every",
+            "1",
+            "--trainer.progress",
+            "false",
+            "--trainer.tensorboard",
+            "false",
+            "--trainer.output_dir",
+            str(tmp_path / "run"),
+            "--model.device",
+            "cpu",
         ],
     )
     for k, v in over.items():
@@ -48,16 +73,40 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
     cfg = tiny_config(tmp_path)
     summary = make_trainer(cfg, smol_tokenizer).train()
     run = tmp_path / "run"
-    for name in ("metrics.jsonl", "report.md", "summary.json", "config.json", "eval_vanilla.json",
-                 "eval_trained.json", "reward.png", "reflection_length.png", "final/config.json",
-                 "final/model.safetensors", "checkpoints/latest"):
+    for name in (
+        "metrics.jsonl",
+        "report.md",
+        "summary.json",
+        "config.json",
+        "eval_vanilla.json",
+        "eval_trained.json",
+        "reward.png",
+        "reflection_length.png",
+        "final/config.json",
+        "final/model.safetensors",
+        "checkpoints/latest",
+    ):
         assert (run / name).exists(), name
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
     assert any(m["updated"] and m["span_tokens"] > 0 for m in metrics), metrics  # the learner really ran
-    for key in ("reward_mean", "frac_groups_with_signal", "retry_success", "reflection_len_mean", "loss", "kl",
-                "clip_frac", "entropy", "grad_norm", "lr", "tokens_per_s", "rollout_s", "learner_s", "sync_s",
-                "peak_memory_mb"):
+    for key in (
+        "reward_mean",
+        "frac_groups_with_signal",
+        "retry_success",
+        "reflection_len_mean",
+        "loss",
+        "kl",
+        "clip_frac",
+        "entropy",
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+        "rollout_s",
+        "learner_s",
+        "sync_s",
+        "peak_memory_mb",
+    ):
         assert key in metrics[-1], key
     assert "vanilla 1st try" in (run / "report.md").read_text()
     assert summary["steps"] == 2
@@ -68,7 +117,9 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
 
 
 def test_resume_is_exact(tmp_path, smol_tokenizer):
-    straight = make_trainer(tiny_config(tmp_path / "a", **{"trainer.steps": 4, "trainer.eval_n": 0}), smol_tokenizer)
+    straight = make_trainer(
+        tiny_config(tmp_path / "a", **{"trainer.steps": 4, "trainer.eval_n": 0}), smol_tokenizer
+    )
     straight.train()
 
     class Killed(Exception):
@@ -88,7 +139,9 @@ def test_resume_is_exact(tmp_path, smol_tokenizer):
     assert any(not torch.equal(init[k], v) for k, v in straight.model.state_dict().items())  # it trained
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
-    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [1, 2, 3, 4]
 
 
@@ -101,7 +154,7 @@ def test_steps_move_logprobs_with_the_advantage(smol_tokenizer):
     model = tiny_llama(len(smol_tokenizer)).train()
     g = torch.Generator().manual_seed(0)
     seqs = []
-    for i, adv in enumerate([1.0, -1.0, 1.0, -1.0]):
+    for adv in [1.0, -1.0, 1.0, -1.0]:
         ids = torch.randint(10, 1000, (20,), generator=g).tolist()
         seqs.append(TrainSequence(input_ids=ids, span_start=12, span_end=20, advantage=adv, group_id=0))
     loss = SpanLoss(LossConfig(beta=0.0, impl="torch"), temperature=1.0, max_span_tokens=8)

@@ -112,10 +112,17 @@ class HFSampler:
             self.model.train(was_training)
         gen = seqs[:, width:]
         recorder.flush(gen[:, -1])
-        logprobs = torch.stack(recorder.logprobs, 1).cpu() if recorder.logprobs else torch.zeros(len(batch), 0)
-        return [self._completion(row.tolist(), lp.tolist(), stop_ids, params) for row, lp in zip(gen.cpu(), logprobs)]
+        logprobs = (
+            torch.stack(recorder.logprobs, 1).cpu() if recorder.logprobs else torch.zeros(len(batch), 0)
+        )
+        return [
+            self._completion(row.tolist(), lp.tolist(), stop_ids, params)
+            for row, lp in zip(gen.cpu(), logprobs)
+        ]
 
-    def _completion(self, tokens: list[int], logprobs: list[float], stop_ids: list[int], params) -> Completion:
+    def _completion(
+        self, tokens: list[int], logprobs: list[float], stop_ids: list[int], params
+    ) -> Completion:
         end = next((i + 1 for i, t in enumerate(tokens) if t in stop_ids), None)
         finish = "stop" if end is not None else "length"
         end = end if end is not None else len(tokens)

@@ -107,9 +107,9 @@ def create_llm(
     if is_cpu():
         # KV space on CPU is a byte count (gpu_memory_utilization is a GPU notion).
         kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes
-        # vLLM's CPU worker drops torch to 1 thread for serving unless OMP_NUM_THREADS is set, and
-        # it patches torch.set_num_threads into a no-op process-wide: keep the learner's threads.
-        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    # vLLM's CPU worker replaces torch.set_num_threads with a no-op, process-wide; in-process that
+    # would freeze the learner's thread count too, so the real function is put back afterwards.
+    set_num_threads = torch.set_num_threads
     try:
         return vllm.LLM(
             model,
@@ -127,6 +127,8 @@ def create_llm(
         raise VLLMUnavailableError(
             f"vLLM {vllm.__version__} could not start an engine for {model!r}: {type(e).__name__}: {e}"
         ) from e
+    finally:
+        torch.set_num_threads = set_num_threads
 
 
 def _vllm_params(params: SamplingParams, seed: int | None) -> Any:
@@ -237,12 +239,10 @@ class _DropExpectedReloadWarnings(logging.Filter):
         )
 
 
-def _tied_lm_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    lm_head = getattr(model, "lm_head", None)
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if lm_head is None or embed is None or not hasattr(lm_head, "weight"):
-        return None
-    return lm_head if lm_head.weight.data_ptr() == embed.weight.data_ptr() else None
+def _tied_lm_head(worker: Any) -> torch.nn.Module | None:
+    config = worker.vllm_config.model_config.hf_text_config
+    lm_head = getattr(worker.get_model(), "lm_head", None)
+    return lm_head if getattr(config, "tie_word_embeddings", False) and lm_head is not None else None
 
 
 def _finish(worker: Any) -> None:
@@ -250,7 +250,7 @@ def _finish(worker: Any) -> None:
     from vllm.model_executor.model_loader.reload.layerwise import finalize_layerwise_reload
 
     model = worker.get_model()
-    lm_head = _tied_lm_head(model)
+    lm_head = _tied_lm_head(worker)  # from the config: mid-reload its weight sits on "meta"
     log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
     quiet = _DropExpectedReloadWarnings(
         {"RotaryEmbedding"} | ({type(lm_head).__name__} if lm_head else set())

@@ -1,0 +1,117 @@
+"""`r3fast eval` / `r3fast mine` and the failure-set file format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r3fast import cli
+from r3fast.evaluate import evaluate
+from r3fast.mining import mine_failures, read_failures, write_jsonl_atomic
+from r3fast.sampling import HFSampler, SamplingParams
+from r3fast.tasks import get_task
+from tests.conftest import tiny_llama
+
+
+def test_evaluate_counts_and_records(smol_tokenizer):
+    task = get_task("countdown", num_numbers=2, number_range=(1, 10), target_range=(1, 100))
+    examples = task.dataset(3, seed=0, split="eval")
+    sampler = HFSampler(tiny_llama(len(smol_tokenizer)), smol_tokenizer)
+    p = SamplingParams(temperature=1.0, max_new_tokens=6, seed=0)
+    res = evaluate(
+        sampler, smol_tokenizer, task, examples, answer_params=p, reflection_params=p, progress=False
+    )
+    assert res.n == 3 and 0 <= res.first_correct <= res.second_correct <= 3
+    for r in res.records:
+        assert set(r) >= {"example", "first_try", "first_ok"}
+        if not r["first_ok"]:
+            assert set(r) >= {"reflection", "second_try", "second_ok"}
+
+
+def test_mine_roundtrip_and_bad_lines(tmp_path, smol_tokenizer):
+    task = get_task("countdown", num_numbers=2, number_range=(1, 10), target_range=(1, 100))
+    sampler = HFSampler(tiny_llama(len(smol_tokenizer)), smol_tokenizer)
+    res = mine_failures(
+        sampler,
+        smol_tokenizer,
+        task,
+        task.dataset(4, seed=0),
+        tries=2,
+        model_name="tiny",
+        params=SamplingParams(temperature=1.0, max_new_tokens=5, seed=1),
+        progress=False,
+    )
+    assert res.attempts == 8 and len(res.records) == 8 - res.correct_attempts
+    rec = res.records[0]
+    assert rec["model"] == "tiny" and rec["sampling"]["temperature"] == 1.0 and rec["attempt_ids"]
+    path = tmp_path / "f.jsonl"
+    write_jsonl_atomic(path, res.records)
+    assert [f.example for f in read_failures(path)] == [r["example"] for r in res.records]
+    path.write_text(path.read_text() + '{"example": {"numbers": [1]}, "attempt": 3}\n')
+    with pytest.raises(ValueError, match=rf"f\.jsonl:{len(res.records) + 1}:"):
+        read_failures(path)
+    path.write_text("not json\n")
+    with pytest.raises(ValueError, match=r"f\.jsonl:1:"):
+        read_failures(path)
+
+
+@pytest.mark.slow
+def test_cli_eval_and_mine_on_smollm2(tmp_path, capsys):
+    """The real embedded model, a handful of examples: the commands run and write their files."""
+    out = tmp_path / "eval.json"
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--task",
+                "countdown",
+                "--task-options",
+                "{num_numbers: 2, number_range: [1, 10]}",
+                "--n",
+                "2",
+                "--max-answer-tokens",
+                "16",
+                "--max-reflection-tokens",
+                "16",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "1st try" in printed and "2nd try" in printed
+    data = json.loads(out.read_text())
+    assert data["summary"]["n"] == 2 and len(data["records"]) == 2
+    fails = tmp_path / "fails.jsonl"
+    assert (
+        cli.main(
+            [
+                "mine",
+                "--task",
+                "countdown",
+                "--task-options",
+                "{num_numbers: 2, number_range: [1, 10]}",
+                "--n",
+                "2",
+                "--tries",
+                "2",
+                "--max-answer-tokens",
+                "12",
+                "--device",
+                "cpu",
+                "--out",
+                str(fails),
+            ]
+        )
+        == 0
+    )
+    assert len(read_failures(fails)) >= 1  # SmolLM2 fails most of these
+
+
+def test_cli_rejects_bad_overrides():
+    with pytest.raises(SystemExit, match="unknown field"):
+        cli.main(["train", "--preset", "countdown-demo", "--optim.nope", "1"])
