@@ -231,7 +231,7 @@ def main() -> None:
         results=results,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"span_loss_{slug}_{today}.json"
+    path = args.out / f"span_loss_{slug}_{today.replace('-', '')}.json"  # like the other results
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}")
 

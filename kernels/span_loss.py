@@ -87,7 +87,7 @@ def _check_scalars(beta, eps_low, eps_high, temperature, loss_type, ref_logp, nu
 def _masked_rows(mask: Tensor, targets: Tensor, v: int) -> tuple[Tensor, Tensor]:
     """(idx [M], targets at idx [M]); checks the masked targets are token ids in [0, V)."""
     idx = mask.nonzero().squeeze(1)  # [M]  host-device sync (M sizes everything after)
-    y = targets.index_select(0, idx)
+    y = targets.index_select(0, idx).long()  # int32 ids are fine too; the paths index with int64
     if y.numel() and bool(((y < 0) | (y >= v)).any()):  # host-device sync
         raise ValueError(f"targets at masked positions must lie in [0, {v}) (the vocabulary of weight)")
     return idx, y

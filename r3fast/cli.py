@@ -28,13 +28,9 @@ def _task_options(raw: str | None) -> dict:
 
 
 def _sampler(model, tok, backend: str, model_name: str):
-    if backend == "hf":
-        from .sampling import HFSampler
+    from .sampling import HFSampler, VLLMSampler
 
-        return HFSampler(model, tok)
-    from .sampling.vllm_sampler import VLLMSampler
-
-    return VLLMSampler(model_name)
+    return HFSampler(model, tok) if backend == "hf" else VLLMSampler(model_name)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -70,7 +70,12 @@ class SamplerConfig:
     gpu_memory_utilization: float | str = "auto"
     """vLLM: fraction of GPU memory, or auto (sized from the learner's measured peak)."""
     sync_bucket_mb: int = 256
-    """vLLM: weight-sync bucket size, in MiB."""
+    """vLLM: weight-sync bucket size, in MiB (0: one load_weights call per tensor)."""
+    sleep_level: int = 1
+    """vLLM (CUDA): 1 offloads weights to CPU while asleep; R3 generates twice per step between
+    syncs (reflect, then retry), so level 2, which drops the weights, does not fit."""
+    max_model_len: int = 4096
+    """vLLM: longest prompt + completion, in tokens."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("hf", "vllm"):

@@ -30,7 +30,7 @@ from .models import load_model
 from .optim import build_optimizer, build_scheduler
 from .report import four_column_table, write_report
 from .rollout import rollout, to_sequences
-from .sampling import Sampler, SamplingParams
+from .sampling import HFSampler, Sampler, SamplingParams, VLLMSampler
 from .tasks import get_task
 
 __all__ = ["R3Trainer"]
@@ -75,6 +75,7 @@ class R3Trainer:
         s = config.sampler
         self.loss = SpanLoss(config.loss, temperature=s.temperature, max_span_tokens=s.max_reflection_tokens)
         self.sampler = self._build_sampler()
+        torch.manual_seed(config.trainer.seed)  # after the sampler: vLLM re-seeds the global generator
         self.source = FailureSource(
             task=self.task,
             path=config.data.failures,
@@ -101,18 +102,11 @@ class R3Trainer:
     def _build_sampler(self) -> Sampler:
         s = self.cfg.sampler
         if s.backend == "hf":
-            from .sampling import HFSampler
-
             return HFSampler(self.model, self.tokenizer, max_batch_size=s.max_batch_size)
-        try:  # asked for vLLM: fail loudly, never fall back to HF
-            from .sampling.vllm_sampler import VLLMSampler
-        except ImportError as e:
-            raise RuntimeError(f"sampler.backend=vllm but vLLM cannot be imported: {e}") from e
+        # vLLM raises VLLMUnavailableError with the reason when it cannot run: no fall-back to HF.
         sampler = VLLMSampler(
-            self.cfg.model.name,
-            dtype=self.cfg.model.dtype,
-            gpu_memory_utilization=s.gpu_memory_utilization,
-            sync_bucket_mb=s.sync_bucket_mb,
+            self.cfg.model.name, dtype=self.cfg.model.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
+            sync_bucket_mb=s.sync_bucket_mb, sleep_level=s.sleep_level, max_model_len=s.max_model_len,
             seed=self.cfg.trainer.seed,
         )
         sampler.sync_weights(self.model)

@@ -190,6 +190,32 @@ def test_frozen_lm_head_gets_no_grad(impl, seed):
     torch.testing.assert_close(dh_frozen, dh, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_strided_inputs_and_int32_ids(impl, seed):
+    """hidden as a column slice of a wider buffer, W column-major, int32 ids: same as contiguous."""
+    p = problem()
+    p["seq_ids"] = torch.sort(torch.randint(0, 3, (40,))).values
+    kw = dict(loss_type="grpo", impl=impl)
+    h, w = p["hidden"].requires_grad_(), p["weight"].requires_grad_()
+    want = span_grpo_loss(**p, **kw)
+    want_grads = torch.autograd.grad(want.loss, (h, w))
+    wide = torch.randn(40, 16 + 5)
+    wide[:, 3:19] = p["hidden"].detach()
+    h_s, w_s = wide[:, 3:19].requires_grad_(), w.detach().T.contiguous().T.requires_grad_()
+    strided = {
+        **p,
+        "hidden": h_s,
+        "weight": w_s,
+        "targets": p["targets"].int(),
+        "seq_ids": p["seq_ids"].int(),
+    }
+    got = span_grpo_loss(**strided, **kw)
+    torch.testing.assert_close(got.logp, want.logp)
+    torch.testing.assert_close(got.loss, want.loss)
+    for g, g_want in zip(torch.autograd.grad(got.loss, (h_s, w_s)), want_grads, strict=True):
+        torch.testing.assert_close(g, g_want)
+
+
 def test_empty_mask_keeps_a_graph():
     p = problem()
     p["mask"][:] = False

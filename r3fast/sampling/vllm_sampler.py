@@ -16,6 +16,7 @@ over the nucleus (see `logprobs_include_top_p`). Prompts are token ids; vLLM nev
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -103,7 +104,8 @@ class VLLMSampler:
         gpu_memory_utilization: vLLM's share of the GPU; "auto" sizes it from `learner_bytes`
             (default: torch.cuda.max_memory_reserved() now, so build after a learner warm-up step).
         enable_sleep: CUDA only; sleep between generate calls so the learner gets the memory.
-        sleep_level: 1 offloads weights to CPU; 2 drops them (a sync must precede generate).
+        sleep_level: 1 offloads weights to CPU; 2 drops them, so a sync must come between two
+            generate calls (R3 samples reflections, then retries, with no sync between: use 1).
         sync_bucket_mb: bytes per load_weights call during sync_weights, MiB.
         enforce_eager: None = eager on CPU (torch.compile start-up ~2 min there), graphs on CUDA.
         cpu_kv_cache_gb: KV cache size when vLLM runs on CPU, GiB.
@@ -119,8 +121,12 @@ class VLLMSampler:
         cpu = compat.is_cpu()
         path = resolve_model_path(model)
         dtype_name = str(dtype).removeprefix("torch.")
-        if cpu:
-            utilization = 0.9 if isinstance(gpu_memory_utilization, str) else gpu_memory_utilization  # unused
+        if cpu:  # vLLM ignores the fraction on CPU (KV space is cpu_kv_cache_gb); still validate it
+            utilization = (
+                0.9
+                if gpu_memory_utilization == "auto"
+                else self._gpu_utilization(path, gpu_memory_utilization, None, 0, dtype_name, max_model_len)
+            )
         else:
             utilization = self._gpu_utilization(
                 path, gpu_memory_utilization, learner_bytes, memory_margin_bytes, dtype_name, max_model_len
@@ -208,16 +214,17 @@ class VLLMSampler:
         self._wake({"weights"})
         loaded: set[str] = set()
         nbytes = calls = 0
-        compat.begin_weight_update(self.llm)
-        try:
-            for bucket in iter_buckets(
-                _learner_tensors(model), bucket_bytes, dtype=self.dtype, device=self.device
-            ):
-                loaded |= compat.load_weights(self.llm, bucket)
-                nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
-                calls += 1
-        finally:
-            compat.finish_weight_update(self.llm)  # also puts back layers left unloaded by an error
+        with self._threads():  # CPU: re-packing the weights for oneDNN is part of the sync
+            compat.begin_weight_update(self.llm)
+            try:
+                for bucket in iter_buckets(
+                    _learner_tensors(model), bucket_bytes, dtype=self.dtype, device=self.device
+                ):
+                    loaded |= compat.load_weights(self.llm, bucket)
+                    nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
+                    calls += 1
+            finally:
+                compat.finish_weight_update(self.llm)  # also restores layers an error left unloaded
         missing = self._param_names - loaded
         if missing:
             raise RuntimeError(
@@ -301,7 +308,7 @@ def _checkpoint_sizes(path: str, dtype_name: str) -> tuple[int, int]:
         with safe_open(f, "pt") as st:
             for key in st.keys():
                 shape = st.get_slice(key).get_shape()
-                numel += int(torch.tensor(shape).prod()) if shape else 1
+                numel += math.prod(shape)
     heads = config["num_attention_heads"]
     kv = memory.kv_cache_bytes_per_token(
         num_layers=config["num_hidden_layers"],
