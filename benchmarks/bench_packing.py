@@ -273,6 +273,8 @@ def main() -> None:
                 + ("sdpa_2d_padding_mask",)
             ),
         ),
+        # transformers' own packed path (stock sdpa + restarting position_ids: a dense [T, T] mask)
+        "packed_hf": (model, lambda: step_rows(model, packed, plan.num_span_tokens, device)),
         "packed": (packed_model, lambda: step_rows(packed_model, packed, plan.num_span_tokens, device)),
         "shared_prefix": (
             packed_model,
@@ -301,6 +303,7 @@ def main() -> None:
             micro_batches={
                 "padded": -(-len(seqs) // args.padded_batch),
                 "packed": len(packed),
+                "packed_hf": len(packed),
                 "shared_prefix": len(shared),
             }[name],
         )

@@ -20,7 +20,9 @@ REFLECT_PROMPT = (
     "You tried performing the task, but failed in generating the correct answer. "
     "Reflect on what went wrong and write a short plan which will help you when you try again."
 )
-RETRY_PROMPT = "Now try again. Here is the task once more:\n\n"
+# The retry turn is the original question, verbatim. A preface ("Now try again. Here is the task
+# once more:") made SmolLM2-135M chat instead of answer: 0 of 48 retries right, vs 6 % without.
+RETRY_PROMPT = ""
 
 Messages = list[dict[str, str]]
 

@@ -215,9 +215,9 @@ def test_prompt_text():
     (msg,) = get_task("countdown").build_prompt({"numbers": [3, 7, 25], "target": 46})
     assert msg["role"] == "user"
     assert msg["content"] == (
-        "Use the numbers 3, 7 and 25 to make 46.\n"
-        "You can use + - * / and parentheses. Use each number exactly once.\n"
-        "Reply with only the equation, for example: (1 + 2) * 3 = 9"
+        "Write an equation with the numbers 3, 7 and 25 that equals 46. "
+        "Allowed operations: + - * / and parentheses. Use each number exactly once. "
+        "Reply with only the equation, ending with = 46"
     )
 
 

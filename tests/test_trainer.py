@@ -175,3 +175,39 @@ def test_steps_move_logprobs_with_the_advantage(smol_tokenizer):
         opt.zero_grad()
     delta = seq_logp() - before
     assert (delta[[0, 2]] > 0).all() and (delta[[1, 3]] < 0).all(), delta
+
+
+# bnpo normalises each micro-batch on its own (TRL), so packing changes it by design.
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_packed_loss_equals_unpacked(smol_tokenizer, loss_type):
+    """One packed row vs one row per sequence, same step normaliser: same loss, same gradients."""
+    from r3fast.config import LossConfig
+    from r3fast.data import TrainSequence, pack_sequences, plan_step
+    from r3fast.loss import SpanLoss
+
+    g = torch.Generator().manual_seed(1)
+    seqs = [
+        TrainSequence(input_ids=torch.randint(10, 1000, (n,), generator=g).tolist(), span_start=n - k, span_end=n,
+                      advantage=a, group_id=i // 2)
+        for i, (n, k, a) in enumerate([(17, 5, 0.7), (23, 9, -0.7), (11, 3, 1.2), (29, 12, -1.2)])
+    ]
+    plan = plan_step(seqs)
+    loss = SpanLoss(LossConfig(loss_type=loss_type, beta=0.0, impl="torch"), temperature=0.9, max_span_tokens=12)
+
+    def run(rows):
+        model = tiny_llama(len(smol_tokenizer))
+        total = 0.0
+        for row in rows:
+            out, _ = loss(model, row, plan)
+            out.loss.backward()
+            total += float(out.loss.detach())
+        return total, [p.grad.clone() for p in model.parameters()]
+
+    packed = pack_sequences(seqs, 256)
+    assert len(packed) == 1
+    singles = [pack_sequences([s], 256)[0] for s in seqs]
+    lp, gp = run(packed)
+    lu, gu = run(singles)
+    assert lp == pytest.approx(lu, rel=1e-5, abs=1e-7)
+    for a, b in zip(gp, gu):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

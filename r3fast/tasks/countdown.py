@@ -170,14 +170,19 @@ def verify(example: Example, completion: str, ops: str = _OPS) -> bool:
 
 
 def build_prompt(example: Example, ops: str = _OPS) -> list[Message]:
-    """One plain user message; short, because a 135M model has to follow it."""
+    """One plain user message; short, because a 135M model has to follow it.
+
+    The format is stated, not shown: with a worked example ("(1 + 2) * 3 = 9") SmolLM2-135M
+    copied the example in most replies (4 % right on 2-number additions vs 19-25 % without).
+    """
     nums = [str(v) for v in example["numbers"]]
     listed = nums[0] if len(nums) == 1 else ", ".join(nums[:-1]) + " and " + nums[-1]
     allowed = " ".join(o for o in _OPS if o in ops)
+    target = example["target"]
     text = (
-        f"Use the numbers {listed} to make {example['target']}.\n"
-        f"You can use {allowed} and parentheses. Use each number exactly once.\n"
-        "Reply with only the equation, for example: (1 + 2) * 3 = 9"
+        f"Write an equation with the numbers {listed} that equals {target}. "
+        f"Allowed operations: {allowed} and parentheses. Use each number exactly once. "
+        f"Reply with only the equation, ending with = {target}"
     )
     return [{"role": "user", "content": text}]
 
