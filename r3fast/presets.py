@@ -30,7 +30,8 @@ def countdown_demo() -> R3Config:
     return R3Config(
         model=ModelConfig(name="smollm2-135m-instruct", dtype="float32", device="auto"),
         task=TaskConfig(
-            name="countdown", options={"num_numbers": 2, "number_range": [1, 20], "target_range": [2, 40], "ops": "+"}
+            name="countdown",
+            options={"num_numbers": 2, "number_range": [1, 20], "target_range": [2, 40], "ops": "+"},
         ),
         sampler=SamplerConfig(
             group_size=8, temperature=0.9, max_answer_tokens=24, max_reflection_tokens=24, chunk_size=64

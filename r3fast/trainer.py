@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
-from .data import pack_sequences, plan_step
+from .data import TrainSequence, pack_sequences, plan_step
 from .evaluate import EvalResult, evaluate, format_eval_table
 from .failures import FailureSource
 from .loss import SpanLoss, check_supported
@@ -103,14 +103,43 @@ class R3Trainer:
         s = self.cfg.sampler
         if s.backend == "hf":
             return HFSampler(self.model, self.tokenizer, max_batch_size=s.max_batch_size)
+        learner_bytes = None
+        if s.gpu_memory_utilization == "auto" and self.device.type == "cuda":
+            learner_bytes = self._measure_learner_bytes()
         # vLLM raises VLLMUnavailableError with the reason when it cannot run: no fall-back to HF.
         sampler = VLLMSampler(
-            self.cfg.model.name, dtype=self.cfg.model.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
-            sync_bucket_mb=s.sync_bucket_mb, sleep_level=s.sleep_level, max_model_len=s.max_model_len,
+            self.cfg.model.name,
+            dtype=self.cfg.model.dtype,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            learner_bytes=learner_bytes,
+            sync_bucket_mb=s.sync_bucket_mb,
+            sleep_level=s.sleep_level,
+            max_model_len=s.max_model_len,
             seed=self.cfg.trainer.seed,
         )
         sampler.sync_weights(self.model)
         return sampler
+
+    def _measure_learner_bytes(self) -> int:
+        """The learner's CUDA peak, measured: forward + backward of one full token-budget row
+        (weights, reference model, gradients, activations), plus the optimiser's two moments,
+        which are only allocated at the first step (bytes per element from the optimiser kind)."""
+        n = self.cfg.data.max_tokens
+        seq = TrainSequence(
+            input_ids=[self.tokenizer.eos_token_id] * n, span_start=1, span_end=n, advantage=1.0
+        )
+        row = pack_sequences([seq], n)[0].to(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        if self.ref_model is not None:
+            self.loss.logprobs(self.ref_model, row)
+        out, _ = self.loss(self.model, row, plan_step([seq]))
+        out.loss.backward()
+        peak = torch.cuda.max_memory_reserved(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        per_elem = (
+            2 if self.cfg.optim.optimizer == "adamw8bit" else 2 * next(self.model.parameters()).element_size()
+        )
+        return peak + per_elem * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     # ---------------------------------------------------------------- sampling parameters
 
