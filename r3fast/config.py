@@ -136,6 +136,9 @@ class DataConfig:
     """Failures rolled out per optimiser step (each gets group_size reflections)."""
     max_tokens: int = 4096
     """Token budget of one packed micro-batch row."""
+    shared_prefix: bool = False
+    """Store each group's shared prefix (task + failed attempt + reflection request) once per row and
+    let its G reflections attend to it through a tree mask: saves (G-1)/G of the prefix tokens."""
     mine_tries: int = 4
     """Online mining: first attempts per example."""
 

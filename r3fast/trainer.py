@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
-from .data import TrainSequence, pack_sequences, plan_step
+from .data import TrainSequence, pack_groups, pack_sequences, plan_step, use_packed_attention
 from .evaluate import EvalResult, evaluate, format_eval_table
 from .failures import FailureSource
 from .loss import SpanLoss, check_supported
@@ -66,6 +66,9 @@ class R3Trainer:
             raise ValueError("pass tokenizer= together with model=")
         self.model, self.tokenizer = model.to(self.device), tokenizer
         check_supported(self.model)
+        # Varlen attention over packed rows (flash-attn / torch varlen / flex / per-sequence SDPA),
+        # instead of transformers' dense [T, T] block mask. The reference copy below inherits it.
+        use_packed_attention(self.model)
         # The reference policy for the KL term: frozen, and only loaded when it is used.
         self.ref_model = None
         if config.loss.beta > 0:
@@ -85,6 +88,7 @@ class R3Trainer:
         )
         self.callbacks = callbacks or []
         self.step = 0
+        self.resumed = resume
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if resume and ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
@@ -185,7 +189,7 @@ class R3Trainer:
         if self.cfg.trainer.eval_n <= 0:
             return None
         path = self.run_dir / f"eval_{name}.json"
-        if name == "vanilla" and path.is_file():
+        if name == "vanilla" and self.resumed and path.is_file():
             raw = json.loads(path.read_text())
             s = raw["summary"]
             return EvalResult(
@@ -204,7 +208,8 @@ class R3Trainer:
     def _learn(self, seqs) -> dict:
         """One optimiser step over every packed row of this step's sequences."""
         plan = plan_step(seqs)
-        rows = pack_sequences(seqs, self.cfg.data.max_tokens, seed=self._step_seed(self.step))
+        pack = pack_groups if self.cfg.data.shared_prefix else pack_sequences
+        rows = pack(seqs, self.cfg.data.max_tokens, seed=self._step_seed(self.step))
         self.model.train()
         totals = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "span": 0, "tokens": 0}
         backend = ""

@@ -178,24 +178,34 @@ def test_steps_move_logprobs_with_the_advantage(smol_tokenizer):
 
 
 # bnpo normalises each micro-batch on its own (TRL), so packing changes it by design.
+@pytest.mark.parametrize("shared_prefix", [False, True])
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
-def test_packed_loss_equals_unpacked(smol_tokenizer, loss_type):
-    """One packed row vs one row per sequence, same step normaliser: same loss, same gradients."""
+def test_packed_loss_equals_unpacked(smol_tokenizer, loss_type, shared_prefix):
+    """One packed row (plain or shared-prefix) vs one row per sequence, same step normaliser:
+    same loss, same gradients, through the trainer's packed-attention path."""
     from r3fast.config import LossConfig
-    from r3fast.data import TrainSequence, pack_sequences, plan_step
+    from r3fast.data import TrainSequence, pack_groups, pack_sequences, plan_step, use_packed_attention
     from r3fast.loss import SpanLoss
 
     g = torch.Generator().manual_seed(1)
-    seqs = [
-        TrainSequence(input_ids=torch.randint(10, 1000, (n,), generator=g).tolist(), span_start=n - k, span_end=n,
-                      advantage=a, group_id=i // 2)
-        for i, (n, k, a) in enumerate([(17, 5, 0.7), (23, 9, -0.7), (11, 3, 1.2), (29, 12, -1.2)])
+    prefixes = [torch.randint(10, 1000, (n,), generator=g).tolist() for n in (12, 9)]
+    seqs = [  # two groups of two: each pair shares its prefix, as the G reflections of a group do
+        TrainSequence(
+            input_ids=prefixes[i // 2] + torch.randint(10, 1000, (k,), generator=g).tolist(),
+            span_start=len(prefixes[i // 2]),
+            span_end=len(prefixes[i // 2]) + k,
+            advantage=a,
+            group_id=i // 2,
+        )
+        for i, (k, a) in enumerate([(5, 0.7), (9, -0.7), (3, 1.2), (12, -1.2)])
     ]
     plan = plan_step(seqs)
-    loss = SpanLoss(LossConfig(loss_type=loss_type, beta=0.0, impl="torch"), temperature=0.9, max_span_tokens=12)
+    loss = SpanLoss(
+        LossConfig(loss_type=loss_type, beta=0.0, impl="torch"), temperature=0.9, max_span_tokens=12
+    )
 
     def run(rows):
-        model = tiny_llama(len(smol_tokenizer))
+        model = use_packed_attention(tiny_llama(len(smol_tokenizer)))
         total = 0.0
         for row in rows:
             out, _ = loss(model, row, plan)
@@ -203,8 +213,10 @@ def test_packed_loss_equals_unpacked(smol_tokenizer, loss_type):
             total += float(out.loss.detach())
         return total, [p.grad.clone() for p in model.parameters()]
 
-    packed = pack_sequences(seqs, 256)
+    packed = (pack_groups if shared_prefix else pack_sequences)(seqs, 256)
     assert len(packed) == 1
+    if shared_prefix:
+        assert packed[0].num_tokens == sum(len(s.input_ids) for s in seqs) - 12 - 9 + 2  # prefixes once
     singles = [pack_sequences([s], 256)[0] for s in seqs]
     lp, gp = run(packed)
     lu, gu = run(singles)
