@@ -105,27 +105,31 @@ def chunked_backward(
     return dh, None if dw is None else dw.to(weight.dtype)
 
 
-class ChunkedSpanLogp(torch.autograd.Function):
-    """(hidden [N, H], weight [V, H], idx [M], targets [M], τ) -> (logp [M], entropy [M]) fp32."""
+class SpanLogp(torch.autograd.Function):
+    """(fwd, bwd, hidden [N, H], weight [V, H], idx [M], targets [M], τ) -> (logp [M], entropy [M]) fp32.
+
+    One autograd wrapper for both implementations: `fwd` returns (logp, entropy, lse) and `bwd`
+    recomputes the logit blocks from lse to return (d hidden, d weight or None).
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, idx, targets, temperature):  # type: ignore[override]
-        logp, entropy, lse = chunked_forward(hidden, weight, idx, targets, temperature)
+    def forward(ctx, fwd, bwd, hidden, weight, idx, targets, temperature):  # type: ignore[override]
+        logp, entropy, lse = fwd(hidden, weight, idx, targets, temperature)
         ctx.save_for_backward(hidden, weight, idx, targets, lse)
-        ctx.temperature = temperature
+        ctx.bwd, ctx.temperature = bwd, temperature
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):  # type: ignore[override]
         hidden, weight, idx, targets, lse = ctx.saved_tensors
-        need_dw = ctx.needs_input_grad[1]
-        dh, dw = chunked_backward(grad_logp, hidden, weight, idx, targets, lse, ctx.temperature, need_dw)
-        return dh, dw, None, None, None
+        need_dw = ctx.needs_input_grad[3]
+        dh, dw = ctx.bwd(grad_logp, hidden, weight, idx, targets, lse, ctx.temperature, need_dw)
+        return None, None, dh, dw, None, None, None
 
 
 def torch_span_logp(
     hidden: Tensor, weight: Tensor, idx: Tensor, targets: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """Differentiable logp [M] and detached entropy [M] (fp32) at rows idx of hidden."""
-    return ChunkedSpanLogp.apply(hidden, weight, idx, targets, temperature)
+    return SpanLogp.apply(chunked_forward, chunked_backward, hidden, weight, idx, targets, temperature)

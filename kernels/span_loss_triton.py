@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .span_loss_torch import SpanLogp
+
 Tensor = torch.Tensor
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -259,27 +261,8 @@ def triton_backward(
     return dh, (dw.to(weight.dtype) if need_dw else None)
 
 
-class TritonSpanLogp(torch.autograd.Function):
-    """(hidden [N, H], weight [V, H], idx [M], targets [M], τ) -> (logp [M], entropy [M]) fp32."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, idx, targets, temperature):  # type: ignore[override]
-        logp, entropy, lse = triton_forward(hidden, weight, idx, targets, temperature)
-        ctx.save_for_backward(hidden, weight, idx, targets, lse)
-        ctx.temperature = temperature
-        ctx.mark_non_differentiable(entropy)
-        return logp, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp, _grad_entropy):  # type: ignore[override]
-        hidden, weight, idx, targets, lse = ctx.saved_tensors
-        need_dw = ctx.needs_input_grad[1]
-        dh, dw = triton_backward(grad_logp, hidden, weight, idx, targets, lse, ctx.temperature, need_dw)
-        return dh, dw, None, None, None
-
-
 def triton_span_logp(
     hidden: Tensor, weight: Tensor, idx: Tensor, targets: Tensor, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """Differentiable logp [M] and detached entropy [M] (fp32) at rows idx of hidden."""
-    return TritonSpanLogp.apply(hidden, weight, idx, targets, temperature)
+    return SpanLogp.apply(triton_forward, triton_backward, hidden, weight, idx, targets, temperature)
