@@ -49,13 +49,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_eval_table
-    from .models import load_model
+    from .models import load_model, resolve_device
     from .sampling import SamplingParams
     from .tasks import get_task
-    from .trainer import _device
 
     task = get_task(args.task, **_task_options(args.task_options))
-    model, tok = load_model(args.model, device=_device(args.device))
+    model, tok = load_model(args.model, device=resolve_device(args.device))
     sampler = _sampler(model, tok, args.sampler, args.model)
     examples = task.dataset(args.n, seed=args.seed, split=args.split)
     res = evaluate(
@@ -85,15 +84,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_mine(args: argparse.Namespace) -> int:
     from .mining import mine_failures, write_jsonl_atomic
-    from .models import load_model
+    from .models import load_model, resolve_device
     from .sampling import SamplingParams
     from .tasks import get_task
-    from .trainer import _device
 
     if not args.out:
         raise SystemExit("r3fast mine needs --out failures.jsonl")
     task = get_task(args.task, **_task_options(args.task_options))
-    model, tok = load_model(args.model, device=_device(args.device))
+    model, tok = load_model(args.model, device=resolve_device(args.device))
     sampler = _sampler(model, tok, args.sampler, args.model)
     examples = task.dataset(args.n, seed=args.seed, split="train")
     params = SamplingParams(

@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["EMBEDDED_MODELS", "cache_dir", "load_model", "load_tokenizer", "resolve_model_path"]
+__all__ = [
+    "EMBEDDED_MODELS",
+    "cache_dir",
+    "load_model",
+    "load_tokenizer",
+    "resolve_device",
+    "resolve_model_path",
+]
 
 # name -> (python package that ships the GGUF, file name inside it)
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
@@ -84,6 +91,13 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         f"unknown model {name!r}: pass one of the embedded models {sorted(EMBEDDED_MODELS)}, "
         "a local directory written by save_pretrained, or an HF hub id like 'org/name'"
     )
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """ "auto" is CUDA when available, else CPU; anything else is passed to torch.device."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:

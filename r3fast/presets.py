@@ -39,10 +39,11 @@ def countdown_demo() -> R3Config:
             group_size=8, temperature=0.9, max_answer_tokens=24, max_reflection_tokens=24, chunk_size=64
         ),
         loss=LossConfig(loss_type="dapo", beta=0.001),
-        optim=OptimConfig(lr=1e-5, warmup_steps=2, grad_clip=1.0),
-        data=DataConfig(online=True, failures_per_step=8, mine_tries=2, max_tokens=4096),
+        optim=OptimConfig(lr=2e-5, warmup_steps=1, grad_clip=1.0),
+        # Shared-prefix rows: the learner sees each group's ~150-token prefix once, not 8 times.
+        data=DataConfig(online=True, failures_per_step=6, mine_tries=2, max_tokens=4096, shared_prefix=True),
         trainer=TrainerConfig(
-            steps=16, output_dir="runs/countdown-demo", save_every=4, eval_n=128, eval_temperature=0.9
+            steps=8, output_dir="runs/countdown-demo", save_every=4, eval_n=96, eval_temperature=0.9
         ),
     )
 

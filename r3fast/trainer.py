@@ -26,7 +26,7 @@ from .evaluate import EvalResult, evaluate, format_eval_table
 from .failures import FailureSource
 from .loss import SpanLoss, check_supported
 from .metrics import MetricsLogger, peak_memory_mb, read_metrics
-from .models import load_model
+from .models import load_model, resolve_device
 from .optim import build_optimizer, build_scheduler
 from .report import four_column_table, write_report
 from .rollout import rollout, to_sequences
@@ -34,12 +34,6 @@ from .sampling import HFSampler, Sampler, SamplingParams, VLLMSampler
 from .tasks import get_task
 
 __all__ = ["R3Trainer"]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class R3Trainer:
@@ -58,7 +52,7 @@ class R3Trainer:
     ) -> None:
         self.cfg = config
         self.run_dir = Path(config.trainer.output_dir)
-        self.device = _device(config.model.device)
+        self.device = resolve_device(config.model.device)
         self.task = task if task is not None else get_task(config.task.name, **config.task.options)
         if model is None:
             model, tokenizer = load_model(config.model.name, dtype=config.model.dtype, device=self.device)

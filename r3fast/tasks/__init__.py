@@ -1,7 +1,7 @@
 """Task plugins: a prompt builder, a binary verifier and a dataset per task.
 
-    task = get_task("countdown", **countdown.EASY)
-    messages = task.build_prompt(example); ok = task.verify(example, completion)
+task = get_task("countdown", **countdown.EASY)
+messages = task.build_prompt(example); ok = task.verify(example, completion)
 """
 
 from r3fast.tasks.base import CustomTask, Task, make_task

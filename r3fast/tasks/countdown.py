@@ -54,9 +54,18 @@ _MAX_DIGITS = 18  # per integer literal (Python also caps int('...') at 4300 dig
 # Spellings of the operators a model may use ('x'/'X' become '*' only inside an expression run),
 # and LaTeX math delimiters, whose parentheses would otherwise unbalance the equation.
 _NORMALISE = (
-    ("\\(", " "), ("\\)", " "), ("\\left", ""), ("\\right", ""),
-    ("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"),
-    ("×", "*"), ("·", "*"), ("÷", "/"), ("−", "-"), ("–", "-"),
+    ("\\(", " "),
+    ("\\)", " "),
+    ("\\left", ""),
+    ("\\right", ""),
+    ("\\times", "*"),
+    ("\\cdot", "*"),
+    ("\\div", "/"),
+    ("×", "*"),
+    ("·", "*"),
+    ("÷", "/"),
+    ("−", "-"),
+    ("–", "-"),
 )
 # A run of expression characters on one line: ASCII digits only ('３', '٣' are not digits here),
 # a '.' only between digits (a decimal point, rejected later; '4. 3 * 4' is a sentence end).

@@ -59,7 +59,7 @@ def _records(path: Path) -> Iterator[tuple[int, Any]]:
     except OSError as e:
         raise DatasetError(path, None, f"cannot read: {e}") from e
     start = len(text) - len(text.lstrip())
-    if text[start:start + 1] == "[":
+    if text[start : start + 1] == "[":
         yield from _array_items(path, text, start + 1)
         return
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -81,7 +81,7 @@ def _array_items(path: Path, text: str, i: int) -> Iterator[tuple[int, Any]]:
         if i >= len(text):
             raise DatasetError(path, line, "unterminated JSON list")
         if text[i] == "]" and state != "item":
-            if text[i + 1:].strip():
+            if text[i + 1 :].strip():
                 raise DatasetError(path, line, "text after the JSON list")
             return
         if state == "sep":
@@ -110,8 +110,9 @@ def _maybe_decode(path: Path, line: int, record: dict, key: str) -> Any:
 
 
 def _check_tools(path: Path, line: int, tools: Any) -> list[dict]:
-    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str)
-                                              for t in tools):
+    if not isinstance(tools, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools
+    ):
         raise DatasetError(path, line, "'tools' must be a list of objects with a string 'name'")
     return tools
 
@@ -134,8 +135,14 @@ def load_xlam(path: str | Path) -> list[Example]:
         ):
             raise DatasetError(path, line, "'answers' must be a list of {'name': str, 'arguments': {...}}")
         ex_id = str(rec["id"]) if "id" in rec else f"{path.name}:{line}"
-        out.append({"id": ex_id, "query": query, "tools": tools,
-                    "answers": [{"name": a["name"], "arguments": a["arguments"]} for a in answers]})
+        out.append(
+            {
+                "id": ex_id,
+                "query": query,
+                "tools": tools,
+                "answers": [{"name": a["name"], "arguments": a["arguments"]} for a in answers],
+            }
+        )
     return out
 
 
@@ -167,7 +174,7 @@ def _bfcl_options(path: Path, line: int, truth: Any) -> list[dict]:
     for call in truth:
         if not isinstance(call, dict) or len(call) != 1:
             raise DatasetError(path, line, "each ground-truth call must be {function_name: {arg: [values]}}")
-        (name, args), = call.items()
+        ((name, args),) = call.items()
         if not isinstance(args, dict) or not all(isinstance(v, list) for v in args.values()):
             raise DatasetError(path, line, f"arguments of {name!r} must map each name to a list of values")
         calls.append({"name": name, "arguments": args})
@@ -190,8 +197,12 @@ def load_bfcl(path: str | Path, possible_answer_path: str | Path | None = None) 
         if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
             raise DatasetError(path, line, "expected an object with a string 'id'")
         question = rec.get("question")
-        if not (isinstance(question, list) and len(question) == 1 and isinstance(question[0], list)
-                and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in question[0])):
+        if not (
+            isinstance(question, list)
+            and len(question) == 1
+            and isinstance(question[0], list)
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in question[0])
+        ):
             raise DatasetError(path, line, "'question' must be one turn: [[{'role', 'content'}, ...]]")
         users = [m["content"] for m in question[0] if m.get("role") == "user"]
         if not users:

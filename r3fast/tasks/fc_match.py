@@ -83,11 +83,17 @@ def _equal(value: Any, expected: Any) -> bool:
     if isinstance(expected, (bool, str)) or expected is None:
         return type(value) is type(expected) and value == expected
     if isinstance(expected, list):
-        return isinstance(value, list) and len(value) == len(expected) and all(
-            _equal(v, e) for v, e in zip(value, expected, strict=True))
+        return (
+            isinstance(value, list)
+            and len(value) == len(expected)
+            and all(_equal(v, e) for v, e in zip(value, expected, strict=True))
+        )
     if isinstance(expected, dict):
-        return isinstance(value, dict) and value.keys() == expected.keys() and all(
-            _equal(value[k], e) for k, e in expected.items())
+        return (
+            isinstance(value, dict)
+            and value.keys() == expected.keys()
+            and all(_equal(value[k], e) for k, e in expected.items())
+        )
     return False
 
 
@@ -97,8 +103,11 @@ def _match_option(value: Any, option: Any) -> bool:
     if isinstance(option, dict):
         return isinstance(value, dict) and _match_args(value, option)
     if isinstance(option, list) and option and all(isinstance(o, dict) for o in option):
-        return isinstance(value, list) and len(value) == len(option) and all(
-            _match_option(v, o) for v, o in zip(value, option, strict=True))
+        return (
+            isinstance(value, list)
+            and len(value) == len(option)
+            and all(_match_option(v, o) for v, o in zip(value, option, strict=True))
+        )
     return _equal(value, option)
 
 
@@ -141,8 +150,9 @@ def match_calls(calls: list[dict[str, Any]], example: Example) -> bool:
         truth, same_args = example["answers"], _equal
     if not isinstance(truth, list) or len(calls) != len(truth):
         return False
-    ok = [[c["name"] == t["name"] and same_args(c["arguments"], t["arguments"]) for t in truth]
-          for c in calls]
+    ok = [
+        [c["name"] == t["name"] and same_args(c["arguments"], t["arguments"]) for t in truth] for c in calls
+    ]
     return _perfect_matching(len(calls), ok)
 
 

@@ -55,8 +55,9 @@ class FunctionCallingTask:
     def dataset(self, n: int | None, seed: int = 0, split: str = "train") -> list[Example]:
         """Up to ``n`` examples of ``split`` (all if None), shuffled by ``seed``."""
         check_split(split)
-        return select_split(self.examples, n, seed, split, key=lambda ex: ex["id"],
-                            eval_fraction=self.eval_fraction)
+        return select_split(
+            self.examples, n, seed, split, key=lambda ex: ex["id"], eval_fraction=self.eval_fraction
+        )
 
     def __repr__(self) -> str:
         return f"FunctionCallingTask({len(self.examples)} examples)"
