@@ -11,7 +11,8 @@ __all__ = ["four_column_table", "plot_metrics", "write_report"]
 
 PLOTS = {
     "reward.png": ("reward_mean", "reward (retry success after a reflection)"),
-    "retry_success.png": ("frac_groups_with_signal", "fraction of groups with a reward signal"),
+    "retry_success.png": ("retry_success", "retries right after a reflection (fraction)"),
+    "groups_with_signal.png": ("frac_groups_with_signal", "fraction of groups with a reward signal"),
     "reflection_length.png": ("reflection_len_mean", "reflection length (tokens)"),
 }
 
