@@ -81,6 +81,7 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
         "eval_vanilla.json",
         "eval_trained.json",
         "reward.png",
+        "retry_success.png",
         "reflection_length.png",
         "final/config.json",
         "final/model.safetensors",
