@@ -21,6 +21,35 @@ Tensor = torch.Tensor
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@triton.jit
+def _logit_tile(
+    h_ptr, w_ptr, rows, row_ok, offs_v, col_ok, stride_hn, stride_hh, stride_wv, stride_wh,
+    H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):  # fmt: skip
+    """acc [BLOCK_M, BLOCK_V] = h[rows] · W[offs_v]ᵀ in fp32, streamed over H in BLOCK_K slices
+    (both kernels recompute logit tiles this way; the forward never stores them)."""
+    acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < H
+        h = tl.load(
+            h_ptr + rows[:, None] * stride_hn + offs_k[None, :] * stride_hh,
+            mask=row_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        )
+        w = tl.load(
+            w_ptr + offs_v[:, None] * stride_wv + offs_k[None, :] * stride_wh,
+            mask=col_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        )
+        if DOT_FP32:
+            acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(h, tl.trans(w), acc)
+    return acc
+
+
 # Forward, per masked row t and vocabulary split s (columns c of that split):
 #   z_c = (h_t · W_c) / τ
 #   max_s = max_c z_c      sum_s = Σ_c e^(z_c − max_s)      zsum_s = Σ_c e^(z_c − max_s)·z_c
@@ -50,24 +79,10 @@ def _span_fwd_kernel(
     for b in range(0, BLOCKS_PER_SPLIT):
         offs_v = (pid_s * BLOCKS_PER_SPLIT + b) * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = offs_v < V  # a block past V is all padding: it must leave the state unchanged
-        acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < H
-            h = tl.load(
-                h_ptr + rows[:, None] * stride_hn + offs_k[None, :] * stride_hh,
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            w = tl.load(
-                w_ptr + offs_v[:, None] * stride_wv + offs_k[None, :] * stride_wh,
-                mask=col_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            if DOT_FP32:
-                acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(h, tl.trans(w), acc)
+        acc = _logit_tile(
+            h_ptr, w_ptr, rows, row_ok, offs_v, col_ok, stride_hn, stride_hh, stride_wv, stride_wh,
+            H, BLOCK_M, BLOCK_V, BLOCK_K, DOT_FP32,
+        )  # fmt: skip
         z = tl.where(col_ok[None, :], acc * inv_temp, float("-inf"))  # [BLOCK_M, BLOCK_V]
         new_max = tl.maximum(run_max, tl.max(z, 1))
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)  # no (−inf) − (−inf) = nan
@@ -106,24 +121,10 @@ def _span_bwd_kernel(
     lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
     g = tl.load(g_ptr + offs_m, mask=row_ok, other=0.0) * inv_temp
 
-    acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = offs_k < H
-        h = tl.load(
-            h_ptr + rows[:, None] * stride_hn + offs_k[None, :] * stride_hh,
-            mask=row_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + offs_v[:, None] * stride_wv + offs_k[None, :] * stride_wh,
-            mask=col_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        if DOT_FP32:
-            acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(h, tl.trans(w), acc)
+    acc = _logit_tile(
+        h_ptr, w_ptr, rows, row_ok, offs_v, col_ok, stride_hn, stride_hh, stride_wv, stride_wh,
+        H, BLOCK_M, BLOCK_V, BLOCK_K, DOT_FP32,
+    )  # fmt: skip
     p = tl.exp(tl.where(col_ok[None, :], acc * inv_temp, float("-inf")) - lse[:, None])
     dz = g[:, None] * (tl.where(offs_v[None, :] == y[:, None], 1.0, 0.0) - p)  # [BLOCK_M, BLOCK_V]
     dz = tl.where(row_ok[:, None], dz, 0.0)

@@ -80,9 +80,18 @@ def test_ops_restriction():
 
 @pytest.mark.parametrize(
     "example",
-    [None, {}, {"numbers": [1, 2, 3]}, {"target": 9}, {"numbers": "123", "target": 9},
-     {"numbers": [1, 2, 3], "target": "9"}, {"numbers": [1, 2, True], "target": 3},
-     {"numbers": [1.0, 2, 3], "target": 9}, {"numbers": [], "target": 0}, [1, 2, 3]],
+    [
+        None,
+        {},
+        {"numbers": [1, 2, 3]},
+        {"target": 9},
+        {"numbers": "123", "target": 9},
+        {"numbers": [1, 2, 3], "target": "9"},
+        {"numbers": [1, 2, True], "target": 3},
+        {"numbers": [1.0, 2, 3], "target": 9},
+        {"numbers": [], "target": 0},
+        [1, 2, 3],
+    ],
 )
 def test_bad_examples_are_false(example):
     assert cd.verify(example, "(1 + 2) * 3 = 9") is False
@@ -166,8 +175,9 @@ def test_solver():
     assert cd.solve([2, 3], 6, ops="+") is None
 
 
-@pytest.mark.parametrize("knobs", [cd.EASY, cd.PAPER, dict(num_numbers=3, number_range=(20, 30),
-                                                            target_range=(30, 70), ops="+-")])
+@pytest.mark.parametrize(
+    "knobs", [cd.EASY, cd.PAPER, dict(num_numbers=3, number_range=(20, 30), target_range=(30, 70), ops="+-")]
+)
 def test_generated_tasks_are_solvable_and_respect_knobs(knobs):
     knobs = dict(knobs)
     ops = knobs.pop("ops", "+-*/")

@@ -71,8 +71,12 @@ def test_bfcl_loader():
 @pytest.mark.parametrize(
     ("name", "text", "line", "match"),
     [
-        ("bad.jsonl", '{"query": "q", "tools": [], "answers": []}\n\n{"query": "q", "tools": [}\n', 3,
-         "invalid JSON"),
+        (
+            "bad.jsonl",
+            '{"query": "q", "tools": [], "answers": []}\n\n{"query": "q", "tools": [}\n',
+            3,
+            "invalid JSON",
+        ),
         ("bad.jsonl", '{"query": "q", "tools": []}\n', 1, "answers"),
         ("bad.jsonl", '{"query": "q", "tools": "[oops", "answers": []}\n', 1, "tools"),
         ("bad.jsonl", '{"query": "q", "tools": [], "answers": [{"name": "f"}]}\n', 1, "answers"),
@@ -123,8 +127,11 @@ def test_bfcl_empty_string_means_optional():
 
 def test_bfcl_nested_dict_options():
     ex = SIMPLE["simple_python_260"]
-    args = {"area": {"width": 20, "height": 12}, "paint_coverage": 350,
-            "exclusion": {"type": "window", "area": 15}}
+    args = {
+        "area": {"width": 20, "height": 12},
+        "paint_coverage": 350,
+        "exclusion": {"type": "window", "area": 15},
+    }
     assert verify(ex, reply(call("paint_requirement.calculate", **args)))
     args["exclusion"] = {"type": "window", "area": 15, "extra": 1}
     assert not verify(ex, reply(call("paint_requirement.calculate", **args)))
@@ -154,8 +161,10 @@ def test_parallel_calls_are_order_free():
         assert not verify(ex, json.dumps(answers + answers[:1]))
         assert not verify(ex, json.dumps([answers[0], answers[0]]))  # a multiset, not a set
     fx = XLAM["2"]
-    swapped = [call("convert_currency", amount=10, source="USD", target="JPY"),
-               call("convert_currency", amount=5, source="GBP", target="EUR")]
+    swapped = [
+        call("convert_currency", amount=10, source="USD", target="JPY"),
+        call("convert_currency", amount=5, source="GBP", target="EUR"),
+    ]
     assert not verify(fx, json.dumps(swapped))
 
 
@@ -204,8 +213,15 @@ def test_parameters_alias():
 
 @pytest.mark.parametrize(
     "example",
-    [None, {}, {"answers": "x"}, {"answers": [{"name": "get_weather"}]}, {"answer_options": None},
-     {"answers": [1]}, [1, 2]],
+    [
+        None,
+        {},
+        {"answers": "x"},
+        {"answers": [{"name": "get_weather"}]},
+        {"answer_options": None},
+        {"answers": [1]},
+        [1, 2],
+    ],
 )
 def test_bad_examples_are_false(example):
     assert verify(example, json.dumps(XLAM["1"]["answers"])) is False
@@ -257,9 +273,13 @@ _near = {  # per argument of simple_python_0: the right values and near misses
 
 
 @FUZZ
-@given(st.fixed_dictionaries({k: st.sampled_from(v) for k, v in _near.items()}),
-       st.sampled_from(["calculate_triangle_area", "calculate_triangle_area", "area"]),
-       st.integers(0, 2), st.booleans(), st.booleans())
+@given(
+    st.fixed_dictionaries({k: st.sampled_from(v) for k, v in _near.items()}),
+    st.sampled_from(["calculate_triangle_area", "calculate_triangle_area", "area"]),
+    st.integers(0, 2),
+    st.booleans(),
+    st.booleans(),
+)
 def test_fuzz_structured_near_misses(picks, name, copies, fence, alias):
     # Near misses of the truth: never raises, and True exactly when BFCL's rules say so.
     args = {k: v for k, v in picks.items() if v is not _MISSING}
@@ -268,9 +288,13 @@ def test_fuzz_structured_near_misses(picks, name, copies, fence, alias):
     if fence:
         text = f"```json\n{text}\n```"
     expected = (
-        copies == 1 and name == "calculate_triangle_area" and "color" not in args
-        and type(args.get("base")) in (int, float) and args["base"] == 10
-        and type(args.get("height")) in (int, float) and args["height"] == 5
+        copies == 1
+        and name == "calculate_triangle_area"
+        and "color" not in args
+        and type(args.get("base")) in (int, float)
+        and args["base"] == 10
+        and type(args.get("height")) in (int, float)
+        and args["height"] == 5
         and args.get("unit", "units") in ("units", "")  # "" is acceptable as a value too
     )
     assert verify(SIMPLE["simple_python_0"], text) is expected
@@ -294,8 +318,9 @@ def test_task_api_on_fixtures():
     assert system["role"] == "system"
     assert user == {"role": "user", "content": SIMPLE["simple_python_0"]["query"]}
     assert '"calculate_triangle_area"' in system["content"]
-    assert system["content"].endswith('Reply with only a JSON list of calls: [{"name": "tool_name", '
-                                      '"arguments": {...}}]')
+    assert system["content"].endswith(
+        'Reply with only a JSON list of calls: [{"name": "tool_name", "arguments": {...}}]'
+    )
     train, evals = task.dataset(None), task.dataset(None, split="eval")
     assert len(train) + len(evals) == 6 and not {e["id"] for e in train} & {e["id"] for e in evals}
     assert task.dataset(3, seed=1) == task.dataset(3, seed=1)
