@@ -207,16 +207,15 @@ class R3Trainer:
         self.model.train()
         totals = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "span": 0, "tokens": 0}
         backend = ""
+        # bnpo normalises each micro-batch on its own (TRL); the step averages those.
+        scale = 1.0 / len(rows) if self.loss.num_items(plan) is None else 1.0
         for row in rows:
             row = row.to(self.device)
             ref = self.loss.logprobs(self.ref_model, row) if self.ref_model is not None else None
             out, backend = self.loss(self.model, row, plan, ref_logp=ref)
-            # bnpo normalises each micro-batch on its own (TRL); average those over the step.
-            (out.loss / (len(rows) if self.loss.num_items(plan) is None else 1)).backward()
+            (out.loss * scale).backward()
             m = int(row.span_mask.sum())
-            totals["loss"] += float(out.loss.detach()) / (
-                len(rows) if self.loss.num_items(plan) is None else 1
-            )
+            totals["loss"] += float(out.loss.detach()) * scale
             totals["kl"] += float(out.kl.sum())  # host-device sync, once per row
             totals["clip"] += float(out.clip_frac) * m
             totals["entropy"] += float(out.entropy.sum())
