@@ -27,17 +27,29 @@ def _task_options(raw: str | None) -> dict:
     return opts
 
 
-def _sampler(model, tok, backend: str, model_name: str):
+def _setup(args: argparse.Namespace):
+    """(task, tokenizer, sampler) for eval/mine; the vLLM sampler loads its own weights, so the
+    HF model is only loaded for the HF sampler."""
+    from .models import load_model, load_tokenizer, resolve_device
     from .sampling import HFSampler, VLLMSampler
+    from .tasks import get_task
 
-    return HFSampler(model, tok) if backend == "hf" else VLLMSampler(model_name)
+    task = get_task(args.task, **_task_options(args.task_options))
+    if args.sampler == "vllm":
+        return task, load_tokenizer(args.model), VLLMSampler(args.model)
+    model, tok = load_model(args.model, device=resolve_device(args.device))
+    return task, tok, HFSampler(model, tok)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task", default="countdown", help="registered task name (see r3fast.tasks.available_tasks)"
     )
-    p.add_argument("--task-options", default=None, help="YAML mapping of task options, e.g. '{preset: easy}'")
+    p.add_argument(
+        "--task-options",
+        default=None,
+        help="YAML mapping of task options, e.g. '{num_numbers: 2}'",
+    )
     p.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, local dir or HF hub id")
     p.add_argument("--n", type=int, default=50, help="examples")
     p.add_argument("--seed", type=int, default=0)
@@ -49,13 +61,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_eval_table
-    from .models import load_model, resolve_device
     from .sampling import SamplingParams
-    from .tasks import get_task
 
-    task = get_task(args.task, **_task_options(args.task_options))
-    model, tok = load_model(args.model, device=resolve_device(args.device))
-    sampler = _sampler(model, tok, args.sampler, args.model)
+    task, tok, sampler = _setup(args)
     examples = task.dataset(args.n, seed=args.seed, split=args.split)
     res = evaluate(
         sampler,
@@ -84,15 +92,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_mine(args: argparse.Namespace) -> int:
     from .mining import mine_failures, write_jsonl_atomic
-    from .models import load_model, resolve_device
     from .sampling import SamplingParams
-    from .tasks import get_task
 
     if not args.out:
         raise SystemExit("r3fast mine needs --out failures.jsonl")
-    task = get_task(args.task, **_task_options(args.task_options))
-    model, tok = load_model(args.model, device=resolve_device(args.device))
-    sampler = _sampler(model, tok, args.sampler, args.model)
+    task, tok, sampler = _setup(args)
     examples = task.dataset(args.n, seed=args.seed, split="train")
     params = SamplingParams(
         temperature=args.temperature, max_new_tokens=args.max_answer_tokens, seed=args.seed
