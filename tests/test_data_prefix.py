@@ -164,3 +164,34 @@ def test_pack_groups_invariants(seqs: list[TrainSequence], budget: int, seed: in
             k += 1
     for i, s in enumerate(seqs):  # every reflection token is a target exactly once, in order
         assert seen.get(i, []) == s.input_ids[s.span_start : s.span_end]
+
+
+def test_sdpa_segments_follow_the_tree_and_match_the_dense_mask(monkeypatch) -> None:
+    """The CPU backend splits a block into trunk + one segment per branch (keys: trunk, then itself);
+    a block laid out any other way keeps one dense mask. Both give the same hidden states."""
+    from r3fast.data import forward
+    from r3fast.data.forward import _tree_segments, sdpa_blocks
+
+    model = use_packed_attention(tiny_model("llama", "sdpa"))
+    seqs = random_groups(random.Random(14), 2, 3, (6, 9), (1, 5))
+    (row,) = pack_groups(seqs, 200)
+    segs = sdpa_blocks(row)
+    cu = row.cu_seqlens.tolist()
+    assert len(segs) == 2 * (1 + 3)  # per block: the trunk, then 3 branches
+    for a, b, prefix, mask in segs:
+        ids = set(row.branch_ids[a:b].tolist())
+        assert len(ids) == 1
+        if ids == {0}:
+            assert prefix is None and mask is None
+        else:
+            pa, pb = prefix
+            assert pa in cu and (row.branch_ids[pa:pb] == 0).all() and pb <= a
+            assert mask.shape == (1, 1, b - a, pb - pa + b - a)
+    assert _tree_segments(0, 5, [0, 1, 2, 1, 2], row.cu_seqlens.device) is None  # branch split in two
+    assert _tree_segments(0, 4, [0, 1, 0, 1], row.cu_seqlens.device) is None  # trunk after a branch
+    with torch.no_grad():
+        h_seg, _ = forward_hidden(model, row, backend="sdpa")
+        monkeypatch.setattr(forward, "_tree_segments", lambda *a: None)
+        assert all(p is None and m is not None for _, _, p, m in sdpa_blocks(row))
+        h_dense, _ = forward_hidden(model, row, backend="sdpa")
+    torch.testing.assert_close(h_seg, h_dense, atol=1e-6, rtol=0)

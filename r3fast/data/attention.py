@@ -8,7 +8,7 @@ and runs the fastest backend that is correct for the inputs:
     flash_attn_varlen  flash-attn's varlen kernel      CUDA, fp16/bf16, optional `gpu` extra
     torch_varlen       torch.nn.attention.varlen       CUDA, fp16/bf16, torch >= 2.9
     flex               flex_attention + BlockMask      CUDA (flex has no CPU backward); also tree masks
-    sdpa               one SDPA call per sequence/block   CPU or anything else; also tree masks
+    sdpa               one SDPA call per sequence/branch  CPU or anything else; also tree masks
 
 A packed row may also carry a tree mask (shared group prefix, see prefix.py): then only the mask
 backends (flex, sdpa) apply. The mask of a row is described by two per-token id tensors:
@@ -218,15 +218,14 @@ def packed_attention_forward(
         if rep > 1:  # GQA: SDPA's enable_gqa is not taken with an explicit mask on every build
             key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
         out = torch.empty_like(query)  # [1, Hq, T, D]
-        for a, b, mask in blocks:  # one SDPA per block: O(sum L^2) work, no [T, T] mask
-            sl = slice(a, b)
-            out[:, :, sl] = F.scaled_dot_product_attention(
-                query[:, :, sl],
-                key[:, :, sl],
-                value[:, :, sl],
-                attn_mask=mask,
-                is_causal=mask is None,
-                scale=scaling,
+        for a, b, prefix, mask in blocks:  # one SDPA per segment: O(sum L^2) work, no [T, T] mask
+            q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
+            if prefix is not None:  # a branch of a shared-prefix block: the trunk's keys come first
+                pa, pb = prefix
+                k = torch.cat([key[:, :, pa:pb], k], 2)
+                v = torch.cat([value[:, :, pa:pb], v], 2)
+            out[:, :, a:b] = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=scaling
             )
         return out.transpose(1, 2).contiguous(), None
     raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")

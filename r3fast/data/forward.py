@@ -61,20 +61,57 @@ def _hf_mask_path(impl: str, batch: PackedBatch, dtype: torch.dtype) -> tuple[di
     )
 
 
-def sdpa_blocks(batch: PackedBatch) -> list[tuple[int, int, torch.Tensor | None]]:
-    """(start, end, mask) per block for the per-block SDPA backend; mask None = plain causal.
+Segment = tuple[int, int, tuple[int, int] | None, torch.Tensor | None]
 
-    Tree blocks get their own dense [1, 1, L, L] mask: O(sum L^2) memory instead of O(T^2).
+
+def _tree_segments(a: int, b: int, branch: list[int], device: torch.device) -> list[Segment] | None:
+    """Segments of one [trunk, branch_1, ..., branch_G] block; None if it is not laid out that way."""
+    runs: list[tuple[int, int, int]] = []  # (branch id, start, end)
+    for i, k in enumerate(branch, start=a):
+        if runs and runs[-1][0] == k:
+            runs[-1] = (k, runs[-1][1], i + 1)
+        else:
+            runs.append((k, i, i + 1))
+    trunk_end = runs[0][2] if runs[0][0] == 0 else a
+    tail = runs[1:] if runs[0][0] == 0 else runs
+    ids = [k for k, _, _ in tail]
+    if 0 in ids or len(set(ids)) != len(ids):
+        return None
+    segs: list[Segment] = [(a, trunk_end, None, None)] if trunk_end > a else []
+    trunk = trunk_end - a
+    for _, s, e in tail:
+        if trunk == 0:
+            segs.append((s, e, None, None))
+            continue
+        n = e - s
+        own = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        mask = torch.cat([torch.ones(n, trunk, dtype=torch.bool, device=device), own], 1)
+        segs.append((s, e, (a, trunk_end), mask[None, None]))
+    return segs
+
+
+def sdpa_blocks(batch: PackedBatch) -> list[Segment]:
+    """Segments (q_start, q_end, kv_prefix, mask) for the per-segment SDPA backend.
+
+    A segment's queries attend to the keys of `kv_prefix` (all of them) and then to their own range
+    (causally); mask None = plain causal over the own range. A shared-prefix block becomes its trunk
+    plus one segment per branch, so attention costs sum_i len_i * (trunk + len_i), never the block's
+    L^2; a tree block laid out any other way falls back to one dense [L, L] mask.
     """
     cu = batch.cu_seqlens.tolist()  # host-device sync, once per row (not per layer)
-    blocks: list[tuple[int, int, torch.Tensor | None]] = []
+    dev = batch.cu_seqlens.device
+    br = batch.branch_ids.tolist() if batch.branch_ids is not None else None
+    out: list[Segment] = []
     for a, b in zip(cu, cu[1:], strict=False):
-        mask = None
-        if batch.branch_ids is not None:
-            local = torch.tensor([0, b - a], dtype=torch.int32, device=batch.cu_seqlens.device)
-            mask = dense_packed_mask(local, batch.branch_ids[a:b])
-        blocks.append((a, b, mask))
-    return blocks
+        if br is None:
+            out.append((a, b, None, None))
+            continue
+        segs = _tree_segments(a, b, br[a:b], dev)
+        if segs is None:
+            local = torch.tensor([0, b - a], dtype=torch.int32, device=dev)
+            segs = [(a, b, None, dense_packed_mask(local, batch.branch_ids[a:b]))]
+        out += segs
+    return out
 
 
 def _ours(
