@@ -85,7 +85,8 @@ def random_groups(
 def token_logp(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) [T] from hidden [T, H] via the lm_head (0 where target is IGNORE_INDEX)."""
     w = model.get_output_embeddings().weight  # [V, H]
-    logp = torch.log_softmax(hidden.float() @ w.float().T, dim=-1)  # [T, V]
+    dt = torch.promote_types(hidden.dtype, torch.float32)  # at least fp32; fp64 models stay fp64
+    logp = torch.log_softmax(hidden.to(dt) @ w.to(dt).T, dim=-1)  # [T, V]
     safe = targets.clamp_min(0)
     return torch.where(targets == IGNORE_INDEX, 0.0, logp.gather(-1, safe[:, None])[:, 0])
 
