@@ -179,15 +179,7 @@ def r3_sequences(groups: list[dict], vocab: int, seed: int = 0) -> list[TrainSeq
         pre = [rng.randrange(vocab) for _ in range(grp["prefix"])]
         for n in grp["reflections"]:
             refl = [rng.randrange(vocab) for _ in range(n)]
-            seqs.append(
-                TrainSequence(
-                    input_ids=pre + refl,
-                    span_start=len(pre),
-                    span_end=len(pre) + len(refl),
-                    advantage=rng.uniform(-1.5, 1.5),
-                    group_id=gid,
-                )
-            )
+            seqs.append(TrainSequence.from_parts(pre, refl, rng.uniform(-1.5, 1.5), group_id=gid))
     return seqs
 
 

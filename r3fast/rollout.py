@@ -138,13 +138,8 @@ def to_sequences(groups: list[Group]) -> list[TrainSequence]:
             if not c.token_ids:
                 continue  # nothing sampled, nothing to train
             seqs.append(
-                TrainSequence(
-                    input_ids=g.prompt_ids + c.token_ids,
-                    span_start=len(g.prompt_ids),
-                    span_end=len(g.prompt_ids) + len(c.token_ids),
-                    advantage=adv,
-                    group_id=gid,
-                    old_logp=list(c.logprobs),
+                TrainSequence.from_parts(
+                    g.prompt_ids, c.token_ids, adv, group_id=gid, old_logp=list(c.logprobs)
                 )
             )
     return seqs

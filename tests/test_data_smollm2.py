@@ -37,15 +37,7 @@ def _r3_sequences(tok) -> list[TrainSequence]:
         prefix = tok.apply_chat_template(msgs, add_generation_prompt=True)["input_ids"]
         for _ in range(3):
             refl = [rng.choice(words) for _ in range(rng.randint(5, 40))]
-            seqs.append(
-                TrainSequence(
-                    input_ids=prefix + refl,
-                    span_start=len(prefix),
-                    span_end=len(prefix) + len(refl),
-                    advantage=rng.uniform(-1, 1),
-                    group_id=gid,
-                )
-            )
+            seqs.append(TrainSequence.from_parts(prefix, refl, rng.uniform(-1, 1), group_id=gid))
     return seqs
 
 

@@ -46,6 +46,26 @@ class TrainSequence:
         if self.old_logp is not None and len(self.old_logp) != self.span_len:
             raise ValueError(f"old_logp has {len(self.old_logp)} values, the span has {self.span_len} tokens")
 
+    @classmethod
+    def from_parts(
+        cls,
+        prefix: list[int],
+        reflection: list[int],
+        advantage: float,
+        *,
+        group_id: int = 0,
+        old_logp: list[float] | None = None,
+    ) -> TrainSequence:
+        """`prefix + reflection`, the span being exactly the reflection."""
+        return cls(
+            input_ids=prefix + reflection,
+            span_start=len(prefix),
+            span_end=len(prefix) + len(reflection),
+            advantage=advantage,
+            group_id=group_id,
+            old_logp=old_logp,
+        )
+
     @property
     def span_len(self) -> int:
         return self.span_end - self.span_start
