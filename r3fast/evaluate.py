@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass, field
 
 from .generation import generate_chunked
-from .prompts import reflect_messages, render, retry_messages
+from .prompts import render
+from .rollout import reflect_and_retry
 from .sampling import Sampler, SamplingParams
 
 __all__ = ["EvalResult", "evaluate", "format_eval_table"]
@@ -70,29 +71,20 @@ def evaluate(
         records.append({"example": ex, "first_try": text, "first_ok": bool(task.verify(ex, text))})
     failed = [i for i, r in enumerate(records) if not r["first_ok"]]
     if failed:
-        refl_prompts = [
-            render(tokenizer, reflect_messages(task_msgs[i], records[i]["first_try"])) for i in failed
-        ]
-        refl = generate_chunked(
+        _, refl, retries = reflect_and_retry(
             sampler,
-            refl_prompts,
-            dataclasses.replace(reflection_params, n=1),
+            tokenizer,
+            [task_msgs[i] for i in failed],
+            [records[i]["first_try"] for i in failed],
+            n=1,
+            reflection_params=reflection_params,
+            answer_params=answer_params,
             chunk_size=chunk_size,
-            desc="reflect",
             progress=progress,
-        )
-        retry_prompts = [
-            render(tokenizer, retry_messages(task_msgs[i], records[i]["first_try"], r[0].text))
-            for i, r in zip(failed, refl)
-        ]
-        retries = generate_chunked(
-            sampler, retry_prompts, one, chunk_size=chunk_size, desc="2nd try", progress=progress
         )
         for i, r, s in zip(failed, refl, retries):
             ex = records[i]["example"]
-            records[i].update(
-                reflection=r[0].text, second_try=s[0].text, second_ok=bool(task.verify(ex, s[0].text))
-            )
+            records[i].update(reflection=r[0].text, second_try=s[0], second_ok=bool(task.verify(ex, s[0])))
     first = sum(r["first_ok"] for r in records)
     second = first + sum(r.get("second_ok", False) for r in records)
     return EvalResult(

@@ -15,7 +15,15 @@ from .generation import generate_chunked
 from .prompts import reflect_messages, render, retry_messages
 from .sampling import Completion, Sampler, SamplingParams
 
-__all__ = ["Failure", "Group", "RolloutResult", "group_advantages", "rollout", "to_sequences"]
+__all__ = [
+    "Failure",
+    "Group",
+    "RolloutResult",
+    "group_advantages",
+    "reflect_and_retry",
+    "rollout",
+    "to_sequences",
+]
 
 
 @dataclass(kw_only=True)
@@ -77,6 +85,48 @@ def group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
     return [(r - mean) / (std + eps) for r in rewards]
 
 
+def reflect_and_retry(
+    sampler: Sampler,
+    tokenizer,
+    task_msgs: list[list[dict]],
+    attempts: list[str],
+    *,
+    n: int,
+    reflection_params: SamplingParams,
+    answer_params: SamplingParams,
+    chunk_size: int = 64,
+    progress: bool = True,
+) -> tuple[list[list[int]], list[list[Completion]], list[list[str]]]:
+    """For each failed attempt: `n` reflections, then one retry after each.
+
+    Returns (reflect-prompt ids, the n reflections, the n retry texts), one entry per attempt.
+    """
+    prompts = [render(tokenizer, reflect_messages(m, a)) for m, a in zip(task_msgs, attempts)]
+    refl = generate_chunked(
+        sampler,
+        prompts,
+        dataclasses.replace(reflection_params, n=n),
+        chunk_size=max(1, chunk_size // n),
+        desc="reflect",
+        progress=progress,
+    )
+    retry_prompts = [
+        render(tokenizer, retry_messages(m, a, c.text))
+        for m, a, group in zip(task_msgs, attempts, refl)
+        for c in group
+    ]
+    flat = generate_chunked(
+        sampler,
+        retry_prompts,
+        dataclasses.replace(answer_params, n=1),
+        chunk_size=chunk_size,
+        desc="retry",
+        progress=progress,
+    )
+    retries = [[r[0].text for r in flat[i * n : (i + 1) * n]] for i in range(len(attempts))]
+    return prompts, refl, retries
+
+
 def rollout(
     sampler: Sampler,
     tokenizer,
@@ -90,32 +140,19 @@ def rollout(
     progress: bool = True,
 ) -> RolloutResult:
     """Sample `group_size` reflections per failure, retry once after each, verify, score."""
-    task_msgs = [task.build_prompt(f.example) for f in failures]
-    prompts = [render(tokenizer, reflect_messages(m, f.attempt)) for m, f in zip(task_msgs, failures)]
-    refl = generate_chunked(
+    prompts, refl, retries = reflect_and_retry(
         sampler,
-        prompts,
-        dataclasses.replace(reflection_params, n=group_size),
-        chunk_size=max(1, chunk_size // group_size),
-        desc="reflect",
-        progress=progress,
-    )
-    retry_prompts = [
-        render(tokenizer, retry_messages(m, f.attempt, c.text))
-        for m, f, group in zip(task_msgs, failures, refl)
-        for c in group
-    ]
-    retries = generate_chunked(
-        sampler,
-        retry_prompts,
-        dataclasses.replace(answer_params, n=1),
+        tokenizer,
+        [task.build_prompt(f.example) for f in failures],
+        [f.attempt for f in failures],
+        n=group_size,
+        reflection_params=reflection_params,
+        answer_params=answer_params,
         chunk_size=chunk_size,
-        desc="retry",
         progress=progress,
     )
     groups = []
-    for i, (f, p, group) in enumerate(zip(failures, prompts, refl)):
-        texts = [r[0].text for r in retries[i * group_size : (i + 1) * group_size]]
+    for f, p, group, texts in zip(failures, prompts, refl, retries):
         rewards = [1.0 if task.verify(f.example, t) else 0.0 for t in texts]
         groups.append(
             Group(

@@ -60,16 +60,12 @@ def test_mine_roundtrip_and_bad_lines(tmp_path, smol_tokenizer):
 def test_cli_eval_and_mine_on_smollm2(tmp_path, capsys):
     """The real embedded model, a handful of examples: the commands run and write their files."""
     out = tmp_path / "eval.json"
+    task = ["--task", "countdown", "--task-options", "{num_numbers: 2, number_range: [1, 10]}", "--n", "2"]
     assert (
         cli.main(
             [
                 "eval",
-                "--task",
-                "countdown",
-                "--task-options",
-                "{num_numbers: 2, number_range: [1, 10]}",
-                "--n",
-                "2",
+                *task,
                 "--max-answer-tokens",
                 "16",
                 "--max-reflection-tokens",
@@ -91,12 +87,7 @@ def test_cli_eval_and_mine_on_smollm2(tmp_path, capsys):
         cli.main(
             [
                 "mine",
-                "--task",
-                "countdown",
-                "--task-options",
-                "{num_numbers: 2, number_range: [1, 10]}",
-                "--n",
-                "2",
+                *task,
                 "--tries",
                 "2",
                 "--max-answer-tokens",
