@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from .loss_terms import REDUCTIONS, SpanLossOutput, reduce_span_loss
-from .span_loss_torch import torch_span_logp
+from .span_loss_torch import SpanLogp, torch_span_logp
 
 Tensor = torch.Tensor
 LogpFn = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
@@ -21,19 +21,31 @@ _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 _INTS = (torch.int64, torch.int32)
 
 
+IMPLS = ("auto", "triton", "triton_atomic", "triton_splitv", "torch")
+
+
 def _logp_fn(impl: str, hidden: Tensor) -> LogpFn:
-    """The implementation of (logp, entropy) picked by `impl`."""
+    """The implementation of (logp, entropy) picked by `impl`.
+
+    "triton" is the Triton forward with the split-V backward (deterministic, matmul-bound);
+    "triton_atomic" keeps the tiled backward with fp32 atomics, for comparison.
+    """
     if impl == "auto":
         impl = "triton" if hidden.is_cuda else "torch"
     if impl == "torch":
         return torch_span_logp
-    if impl == "triton":
+    if impl in ("triton", "triton_splitv", "triton_atomic"):
         if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
-        from .span_loss_triton import triton_span_logp  # imports triton: only when asked for
+            raise ValueError(f"impl={impl!r} needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
+        from .span_loss_triton import atomic_backward, triton_forward  # imports triton: only when asked
 
-        return triton_span_logp
-    raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+        if impl == "triton_atomic":
+            bwd = atomic_backward
+        else:
+            from .span_loss_splitv import splitv_backward as bwd
+
+        return lambda h, w, idx, y, t: SpanLogp.apply(triton_forward, bwd, h, w, idx, y, t)
+    raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
 
 
 def _check_vector(name: str, x: Tensor | None, n: int, m: int | None, dtypes, device) -> None:

@@ -1,10 +1,15 @@
-"""Triton span log-probs: forward/backward kernels, their launchers and one autograd.Function.
+"""Triton span log-probs: the forward kernel, the atomic backward kernel, their launchers.
 
 Both kernels read the masked rows of h through idx (no gathered copy of h), stream W in
 [BLOCK_V, BLOCK_K] tiles and keep logits only as one [BLOCK_M, BLOCK_V] fp32 tile in registers:
 no [M, V] buffer exists, and rows outside the mask cost nothing. Per row, only lse/logp/entropy
-(fp32) reach memory. Under TRITON_INTERPRET=1 (CPU) every tile is upcast to fp32 before tl.dot,
-since the interpreter's bf16 arithmetic is wrong; one fixed config there, autotuning on GPU.
+(fp32) reach memory. The split-V backward (the default, `span_loss_splitv.py`) reuses `_logit_tile`.
+
+Precision: bf16/fp16 tiles go to the tensor cores as they are (fp32 accumulation). fp32 tiles follow
+torch's own switch, `torch.set_float32_matmul_precision`: "highest" (torch's default) is IEEE fp32,
+"high" is 3×tf32 (≈ fp32 accuracy on the tensor cores), "medium" is 1×tf32 — opt-in, like cuBLAS.
+Under TRITON_INTERPRET=1 (CPU) every tile is upcast to fp32 (the interpreter's bf16 arithmetic is
+wrong) and one fixed config runs; on GPU the configs are autotuned and pruned by shared memory.
 """
 
 from __future__ import annotations
@@ -15,20 +20,29 @@ import torch
 import triton
 import triton.language as tl
 
-from .span_loss_torch import SpanLogp
-
 Tensor = torch.Tensor
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
+
+
+def dot_mode(dtype: torch.dtype) -> tuple[bool, str]:
+    """(FP32_DOT, PRECISION) constexprs for tiles of this dtype."""
+    if INTERPRET:
+        return True, "ieee"
+    if dtype == torch.float32:
+        return True, _PRECISION[torch.get_float32_matmul_precision()]
+    return False, "ieee"  # unused: 16-bit tiles take the native tensor-core path
 
 
 @triton.jit
 def _logit_tile(
     h_ptr, w_ptr, rows, row_ok, offs_v, col_ok, stride_hn, stride_hh, stride_wv, stride_wh,
     H: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """acc [BLOCK_M, BLOCK_V] = h[rows] · W[offs_v]ᵀ in fp32, streamed over H in BLOCK_K slices
-    (both kernels recompute logit tiles this way; the forward never stores them)."""
+    (every kernel recomputes logit tiles this way; none stores them). rows and offs_v are int64:
+    V·H and N·H can pass 2³¹ at 7B+ sizes."""
     acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
     for k0 in range(0, H, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -43,8 +57,8 @@ def _logit_tile(
             mask=col_ok[:, None] & k_ok[None, :],
             other=0.0,
         )
-        if DOT_FP32:
-            acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+        if FP32_DOT:
+            acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision=PRECISION)
         else:
             acc = tl.dot(h, tl.trans(w), acc)
     return acc
@@ -62,7 +76,8 @@ def _span_fwd_kernel(
     h_ptr, w_ptr, idx_ptr, y_ptr, part_ptr,  # h [N, H], W [V, H], idx [M], y [M], part [4, S, M] fp32
     M, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
     V: tl.constexpr, H: tl.constexpr, S: tl.constexpr,  # constexpr: fixed per model; loop bounds
-    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -77,11 +92,11 @@ def _span_fwd_kernel(
     run_zsum = tl.zeros([BLOCK_M], tl.float32)
     zy = tl.zeros([BLOCK_M], tl.float32)
     for b in range(0, BLOCKS_PER_SPLIT):
-        offs_v = (pid_s * BLOCKS_PER_SPLIT + b) * BLOCK_V + tl.arange(0, BLOCK_V)
+        offs_v = ((pid_s * BLOCKS_PER_SPLIT + b) * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
         col_ok = offs_v < V  # a block past V is all padding: it must leave the state unchanged
         acc = _logit_tile(
             h_ptr, w_ptr, rows, row_ok, offs_v, col_ok, stride_hn, stride_hh, stride_wv, stride_wh,
-            H, BLOCK_M, BLOCK_V, BLOCK_K, DOT_FP32,
+            H, BLOCK_M, BLOCK_V, BLOCK_K, FP32_DOT, PRECISION,
         )  # fmt: skip
         z = tl.where(col_ok[None, :], acc * inv_temp, float("-inf"))  # [BLOCK_M, BLOCK_V]
         new_max = tl.maximum(run_max, tl.max(z, 1))
@@ -92,42 +107,52 @@ def _span_fwd_kernel(
         run_zsum = run_zsum * scale + tl.sum(e * tl.where(col_ok[None, :], z, 0.0), 1)
         zy += tl.sum(tl.where(offs_v[None, :] == y[:, None], z, 0.0), 1)
         run_max = new_max
-    base = part_ptr + pid_s * M + offs_m
+    base = part_ptr + pid_s * M + offs_m  # 4·S·M fp32: far below 2³¹
     tl.store(base, run_max, mask=row_ok)
     tl.store(base + S * M, run_sum, mask=row_ok)
     tl.store(base + 2 * S * M, run_zsum, mask=row_ok)
     tl.store(base + 3 * S * M, zy, mask=row_ok)
 
 
-# Backward, per tile of masked rows × vocabulary columns, with g_t = dL/dlogp_t:
+# Atomic backward, per tile of masked rows × vocabulary columns, with g_t = dL/dlogp_t:
 #   p = e^(z − lse)      dz = g·(onehot(y) − p)/τ      dh_t += dz·W      dW_c += dzᵀ·h
-# Tiles along V add into the same dh rows and tiles along M into the same dW rows: fp32 atomics.
+# Tiles along V add into the same dh rows and tiles along M into the same dW rows: fp32 atomics,
+# relaxed (the sums need no ordering), so the result is not reproducible bit for bit. The grid is
+# row-block-major (pid 0 walks V): programs in flight share h rows and write distinct dW tiles.
+# fp16: dz is multiplied by `scale` (a power of two bringing max|g/τ| to 1) before the cast to the
+# dot's dtype, and the products by 1/scale after, so small dz do not flush to zero.
 @triton.jit
 def _span_bwd_kernel(
-    h_ptr, w_ptr, idx_ptr, y_ptr, lse_ptr, g_ptr, dh_ptr, dw_ptr,  # dh [M, H], dW [V, H] fp32, zeroed
+    h_ptr, w_ptr, idx_ptr, y_ptr, lse_ptr, g_ptr, scale_ptr, dh_ptr, dw_ptr,  # dh [M, H], dW [V, H] fp32
     M, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
     V: tl.constexpr, H: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
-    COMPUTE_DW: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    FP32_DOT: tl.constexpr, PRECISION: tl.constexpr, COMPUTE_DW: tl.constexpr, SCALED: tl.constexpr,
 ):  # fmt: skip
-    pid_m = tl.program_id(0)  # fastest: neighbouring programs share a W tile (L2 reuse)
-    pid_v = tl.program_id(1)
+    pid_v = tl.program_id(0)
+    pid_m = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    offs_v = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)
     row_ok = offs_m < M
     col_ok = offs_v < V
     rows = tl.load(idx_ptr + offs_m, mask=row_ok, other=0).to(tl.int64)
     y = tl.load(y_ptr + offs_m, mask=row_ok, other=-1)
     lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
     g = tl.load(g_ptr + offs_m, mask=row_ok, other=0.0) * inv_temp
+    unscale = 1.0
+    if SCALED:
+        s = tl.load(scale_ptr)
+        g = g * s
+        unscale = 1.0 / s
 
     acc = _logit_tile(
         h_ptr, w_ptr, rows, row_ok, offs_v, col_ok, stride_hn, stride_hh, stride_wv, stride_wh,
-        H, BLOCK_M, BLOCK_V, BLOCK_K, DOT_FP32,
+        H, BLOCK_M, BLOCK_V, BLOCK_K, FP32_DOT, PRECISION,
     )  # fmt: skip
     p = tl.exp(tl.where(col_ok[None, :], acc * inv_temp, float("-inf")) - lse[:, None])
     dz = g[:, None] * (tl.where(offs_v[None, :] == y[:, None], 1.0, 0.0) - p)  # [BLOCK_M, BLOCK_V]
     dz = tl.where(row_ok[:, None], dz, 0.0)
+    dh_rows = offs_m.to(tl.int64)[:, None] * H
 
     for k0 in range(0, H, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -137,12 +162,15 @@ def _span_bwd_kernel(
             mask=col_ok[:, None] & k_ok[None, :],
             other=0.0,
         )
-        if DOT_FP32:
-            dh = tl.dot(dz, w.to(tl.float32), input_precision="ieee")
+        if FP32_DOT:
+            dh = tl.dot(dz, w.to(tl.float32), input_precision=PRECISION)
         else:
             dh = tl.dot(dz.to(w.dtype), w)
         tl.atomic_add(
-            dh_ptr + offs_m[:, None] * H + offs_k[None, :], dh, mask=row_ok[:, None] & k_ok[None, :]
+            dh_ptr + dh_rows + offs_k[None, :],
+            dh * unscale,
+            mask=row_ok[:, None] & k_ok[None, :],
+            sem="relaxed",
         )
         if COMPUTE_DW:
             h = tl.load(
@@ -150,41 +178,89 @@ def _span_bwd_kernel(
                 mask=row_ok[:, None] & k_ok[None, :],
                 other=0.0,
             )
-            if DOT_FP32:
-                dw = tl.dot(tl.trans(dz), h.to(tl.float32), input_precision="ieee")
+            if FP32_DOT:
+                dw = tl.dot(tl.trans(dz), h.to(tl.float32), input_precision=PRECISION)
             else:
                 dw = tl.dot(tl.trans(dz.to(h.dtype)), h)
             tl.atomic_add(
-                dw_ptr + offs_v[:, None] * H + offs_k[None, :], dw, mask=col_ok[:, None] & k_ok[None, :]
+                dw_ptr + offs_v[:, None] * H + offs_k[None, :],
+                dw * unscale,
+                mask=col_ok[:, None] & k_ok[None, :],
+                sem="relaxed",
             )
 
 
-# Interpreter: one small config (numpy runs it serially). GPU: autotune over a few tile shapes,
-# keyed on the model dims (not on M, which changes every step).
-_FIXED = dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=32)
-_GPU_CONFIGS = [
-    triton.Config(dict(BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk), num_warps=w, num_stages=s)
-    for bm, bv, bk, w, s in [
-        (64, 128, 64, 4, 3),
-        (128, 128, 64, 8, 3),
-        (64, 256, 64, 8, 3),
-        (128, 64, 64, 4, 4),
+# ---- configs --------------------------------------------------------------------------------------
+# Interpreter: one small config (numpy runs it serially). GPU: a few tile shapes, autotuned per
+# (V, H, dtypes, S) and pruned by an estimate of their shared memory before any is compiled, so a
+# config that cannot fit is never tried (Triton would otherwise drop it silently after a failed
+# compile). The forward's BLOCK_M is fixed: the split count S is derived from it before launch.
+FWD_BLOCK_M = 32 if INTERPRET else 64
+_FIXED = dict(BLOCK_V=64, BLOCK_K=32)
+_FWD_TILES = [(128, 64, 4, 3), (256, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)]  # BLOCK_V, BLOCK_K, w, s
+_BWD_TILES = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (64, 64, 64, 4, 4), (32, 128, 64, 4, 3)]
+
+
+def smem_bytes(block_m: int, block_v: int, block_k: int, stages: int, elem: int) -> int:
+    """Shared memory of one program: `stages` buffered (h, W) k-slices, plus a [BLOCK_M, BLOCK_V]
+    fp32 tile staged for the layout change between the logit dot and the dz dots."""
+    return stages * (block_m + block_v) * block_k * elem + block_m * block_v * 4
+
+
+def _smem_limit() -> int:
+    dev = torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(dev)["max_shared_mem"]
+
+
+def _prune(configs, named_args, **_):
+    """Keep the configs whose shared memory fits this GPU (fp32 tiles take twice the bytes)."""
+    elem = named_args["h_ptr"].element_size()
+    limit = _smem_limit()
+    keep = [
+        c
+        for c in configs
+        if smem_bytes(
+            c.kwargs.get("BLOCK_M", FWD_BLOCK_M), c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_stages, elem
+        )
+        <= limit
     ]
-]
+    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_V"] * c.kwargs["BLOCK_K"] * c.num_stages)]
+
+
+def autotuned(kernel, configs, key, **kw):
+    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune}, **kw)(kernel)
+
+
 if INTERPRET:
-    _fwd, _bwd, _meta = _span_fwd_kernel, _span_bwd_kernel, _FIXED
+    _fwd, _bwd = _span_fwd_kernel, _span_bwd_kernel
+    _fwd_meta, _bwd_meta = _FIXED, {**_FIXED, "BLOCK_M": 32}
 else:
-    _fwd = triton.autotune(_GPU_CONFIGS, key=["V", "H"])(_span_fwd_kernel)
-    _bwd = triton.autotune(_GPU_CONFIGS, key=["V", "H"], reset_to_zero=["dh_ptr", "dw_ptr"])(_span_bwd_kernel)
-    _meta = {}
+    _fwd = autotuned(
+        _span_fwd_kernel,
+        [
+            triton.Config(dict(BLOCK_V=bv, BLOCK_K=bk), num_warps=w, num_stages=s)
+            for bv, bk, w, s in _FWD_TILES
+        ],
+        key=["V", "H", "S", "PRECISION"],
+    )
+    _bwd = autotuned(
+        _span_bwd_kernel,
+        [
+            triton.Config(dict(BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk), num_warps=w, num_stages=s)
+            for bm, bv, bk, w, s in _BWD_TILES
+        ],
+        key=["V", "H", "PRECISION", "COMPUTE_DW"],
+        reset_to_zero=["dh_ptr", "dw_ptr"],  # tuning runs every config into the same accumulators
+    )
+    _fwd_meta, _bwd_meta = {}, {}
 
 
-def _num_splits(m: int, v: int, device: torch.device) -> int:
+def num_splits(m: int, v: int, device: torch.device) -> int:
     """V splits of the forward so that ~4 programs per SM exist even when M is small."""
     if INTERPRET or device.type != "cuda":
         return 2 if v > 2 * _FIXED["BLOCK_V"] else 1  # still exercises the split combine
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = max(1, min(4 * sms // max(1, triton.cdiv(m, 64)), triton.cdiv(v, 256), 64))
+    want = max(1, min(4 * sms // max(1, triton.cdiv(m, FWD_BLOCK_M)), triton.cdiv(v, 256), 64))
     return 1 << (want.bit_length() - 1)  # a power of two: S is constexpr, few recompiles
 
 
@@ -193,26 +269,14 @@ def triton_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(logp, entropy, lse), each [M] fp32, for the rows idx [M] of hidden with targets [M]."""
     m, v, hdim = idx.numel(), weight.shape[0], weight.shape[1]
-    s = _num_splits(m, v, hidden.device)
+    s = num_splits(m, v, hidden.device)
     part = torch.full((4, s, m), float("nan"), device=hidden.device, dtype=torch.float32)  # poisoned
     if m:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), s)
-        _fwd[grid](
-            hidden,
-            weight,
-            idx,
-            targets,
-            part,
-            m,
-            *hidden.stride(),
-            *weight.stride(),
-            1.0 / temperature,
-            V=v,
-            H=hdim,
-            S=s,
-            DOT_FP32=INTERPRET or hidden.dtype == torch.float32,
-            **_meta,
-        )
+        fp32_dot, precision = dot_mode(hidden.dtype)
+        _fwd[(triton.cdiv(m, FWD_BLOCK_M), s)](
+            hidden, weight, idx, targets, part, m, *hidden.stride(), *weight.stride(), 1.0 / temperature,
+            V=v, H=hdim, S=s, BLOCK_M=FWD_BLOCK_M, FP32_DOT=fp32_dot, PRECISION=precision, **_fwd_meta,
+        )  # fmt: skip
     mx, run_sum, run_zsum, zy = part
     top = mx.amax(0)  # [M]
     scale = torch.exp(mx - top)  # [S, M]
@@ -221,7 +285,13 @@ def triton_forward(
     return zy.sum(0) - lse, lse - (run_zsum * scale).sum(0) / total, lse
 
 
-def triton_backward(
+def grad_scale(g: Tensor, temperature: float) -> Tensor:
+    """[1] fp32 power of two s with max|s·g/τ| in (1/2, 1]: exact to apply and to undo (no sync)."""
+    top = (g.abs().amax() / temperature).clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.exp2(-torch.ceil(torch.log2(top))).reshape(1)
+
+
+def atomic_backward(
     grad: Tensor,
     hidden: Tensor,
     weight: Tensor,
@@ -237,33 +307,16 @@ def triton_backward(
     # [V, H] fp32 accumulator (dh_m stands in as an unused pointer when W needs no grad)
     dw = torch.zeros(v, hdim, device=weight.device, dtype=torch.float32) if need_dw else dh_m
     if m:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(v, meta["BLOCK_V"]))
+        g = grad.float().contiguous()
+        scaled = hidden.dtype == torch.float16 and not INTERPRET
+        scale = grad_scale(g, temperature) if scaled else g  # g: an unused pointer when unscaled
+        fp32_dot, precision = dot_mode(hidden.dtype)
+        grid = lambda meta: (triton.cdiv(v, meta["BLOCK_V"]), triton.cdiv(m, meta["BLOCK_M"]))
         _bwd[grid](
-            hidden,
-            weight,
-            idx,
-            targets,
-            lse,
-            grad.float().contiguous(),
-            dh_m,
-            dw,
-            m,
-            *hidden.stride(),
-            *weight.stride(),
-            1.0 / temperature,
-            V=v,
-            H=hdim,
-            DOT_FP32=INTERPRET or hidden.dtype == torch.float32,
-            COMPUTE_DW=need_dw,
-            **_meta,
-        )
+            hidden, weight, idx, targets, lse, g, scale, dh_m, dw, m,
+            *hidden.stride(), *weight.stride(), 1.0 / temperature, V=v, H=hdim,
+            FP32_DOT=fp32_dot, PRECISION=precision, COMPUTE_DW=need_dw, SCALED=scaled, **_bwd_meta,
+        )  # fmt: skip
     dh = torch.zeros_like(hidden)
     dh.index_copy_(0, idx, dh_m.to(hidden.dtype))
     return dh, (dw.to(weight.dtype) if need_dw else None)
-
-
-def triton_span_logp(
-    hidden: Tensor, weight: Tensor, idx: Tensor, targets: Tensor, temperature: float
-) -> tuple[Tensor, Tensor]:
-    """Differentiable logp [M] and detached entropy [M] (fp32) at rows idx of hidden."""
-    return SpanLogp.apply(triton_forward, triton_backward, hidden, weight, idx, targets, temperature)

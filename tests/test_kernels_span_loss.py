@@ -1,8 +1,9 @@
 """span_grpo_loss (torch and Triton paths) against the float64 naive oracle.
 
 Rule (cut-cross-entropy's): error of a path vs the fp64 oracle ≤ error of the naive reference run in
-the same dtype + TOL[dtype], errors measured relative to the oracle's largest magnitude. Without CUDA
-the Triton path runs under TRITON_INTERPRET=1. Inputs are fresh random draws; the seed is printed.
+the same dtype + TOL[dtype], errors measured relative to the oracle's largest magnitude. The tests run
+on whatever device exists: compiled Triton on CUDA tensors when CUDA is present, the interpreter
+(TRITON_INTERPRET=1) on CPU tensors otherwise. Inputs are fresh random draws; the seed is printed.
 """
 
 import os
@@ -18,6 +19,8 @@ import pytest
 from r3fast.kernels import span_grpo_loss, span_logprobs
 from r3fast.kernels.reference import naive_span_grpo_loss
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+IMPLS = ["torch", "triton", "triton_atomic"]  # "triton" = Triton forward + split-V backward
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-3, torch.float16: 1e-3}
 N, H, V = 37, 24, 203  # odd, V not a multiple of any block size
@@ -66,7 +69,7 @@ def make_problem(n, h, v, dtype, density, with_old, with_ref, temperature=1.0):
     ref = (exact.logp + 0.3 * torch.randn(m)).float() if with_ref else None
     if old is not None and m < n and torch.rand(()) < 0.5:  # also the [N] form
         old = torch.zeros(n).index_put((mask,), old)
-    return dict(
+    problem = dict(
         hidden=hidden,
         weight=weight,
         targets=targets,
@@ -76,6 +79,8 @@ def make_problem(n, h, v, dtype, density, with_old, with_ref, temperature=1.0):
         ref_logp=ref,
         seq_ids=seq_ids,
     )
+    # drawn on the CPU (one RNG stream whatever the device), then moved to the device under test
+    return {k: None if x is None else x.to(DEVICE) for k, x in problem.items()}
 
 
 def run(fn, p, *, dtype=None, **kw):
@@ -102,7 +107,7 @@ def assert_no_worse(name, got, naive, exact, dtype, seed):
     )
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("density", list(DENSITIES), ids=list(DENSITIES))
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -138,7 +143,7 @@ def test_matches_fp64_oracle(loss_type, beta, temperature, density, dtype, impl,
     assert not out.logp.requires_grad and not out.entropy.requires_grad and not out.kl.requires_grad
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_kl_reported_without_beta(impl, seed):
     p = make_problem(N, H, V, torch.float32, 0.5, with_old=False, with_ref=True)
     with_ref = span_grpo_loss(**p, impl=impl)
@@ -148,7 +153,7 @@ def test_kl_reported_without_beta(impl, seed):
     assert torch.equal(with_ref.loss, without.loss), "beta = 0: the KL must not enter the loss"
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_fp16(impl, seed):
     p = make_problem(N, H, V, torch.float16, 0.5, True, True, temperature=0.7)
     kw = dict(beta=0.04, loss_type="dapo", temperature=0.7)
@@ -161,7 +166,7 @@ def test_fp16(impl, seed):
     assert_no_worse("d weight", dw, nv_dw, ex_dw, torch.float16, seed)
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_span_logprobs(impl, temperature, seed):
     p = make_problem(N, H, V, torch.float32, 0.5, with_old=False, with_ref=False)
@@ -173,15 +178,20 @@ def test_span_logprobs(impl, temperature, seed):
 
 
 def test_impls_agree_on_multi_block_shapes(monkeypatch, seed):
-    """Tiles smaller than the problem: many row chunks and V blocks in the torch path."""
+    """Tiles smaller than the problem: many row chunks and V blocks in the torch path, many dz
+    chunks (the last one partial) in the split-V backward."""
+    import r3fast.kernels.span_loss_splitv as splitv
     import r3fast.kernels.span_loss_torch as chunked
 
     monkeypatch.setattr(chunked, "TILE_ELEMS", 7 * 50)
     monkeypatch.setattr(chunked, "BLOCK_V", 50)
+    monkeypatch.setattr(splitv, "_MIN_CHUNK", 16)
+    monkeypatch.setattr(splitv, "DZ_BYTES", 61 * 4 * 100)  # ≤ 100 columns per chunk: 4 chunks of V=333
     p = make_problem(61, 40, 333, torch.float32, 0.6, True, True, temperature=0.9)
+    assert splitv.chunk_columns(int(p["mask"].sum()), 333, 4) < 333
     kw = dict(beta=0.04, loss_type="grpo", temperature=0.9)
     exact, ex_dh, ex_dw = run(naive_span_grpo_loss, p, dtype=torch.float64, compute_dtype=torch.float64, **kw)
-    for impl in ("torch", "triton"):
+    for impl in IMPLS:
         out, dh, dw = run(span_grpo_loss, p, impl=impl, **kw)
         for name, got, ex in [
             ("loss", out.loss, exact.loss),
@@ -190,3 +200,19 @@ def test_impls_agree_on_multi_block_shapes(monkeypatch, seed):
             ("entropy", out.entropy, exact.entropy),
         ]:
             torch.testing.assert_close(got.double(), ex, rtol=1e-4, atol=1e-5, msg=f"{impl} {name} ({seed=})")
+
+
+@pytest.mark.parametrize("impl", ["triton", "triton_atomic"])
+def test_forward_splits_past_the_vocabulary(monkeypatch, impl, seed):
+    """V = 129 in 8 forward splits: whatever BLOCK_V runs, some splits hold only columns ≥ V
+    (all padding) and must leave the log-sum-exp unchanged."""
+    import r3fast.kernels.span_loss_triton as k
+
+    monkeypatch.setattr(k, "num_splits", lambda m, v, device: 8)
+    p = make_problem(N, H, 129, torch.float32, 0.5, True, True, temperature=0.8)
+    kw = dict(beta=0.04, loss_type="dapo", temperature=0.8)
+    exact, ex_dh, ex_dw = run(naive_span_grpo_loss, p, dtype=torch.float64, compute_dtype=torch.float64, **kw)
+    out, dh, dw = run(span_grpo_loss, p, impl=impl, **kw)
+    for name, got, ex in [("logp", out.logp, exact.logp), ("entropy", out.entropy, exact.entropy),
+                          ("d hidden", dh, ex_dh), ("d weight", dw, ex_dw)]:  # fmt: skip
+        torch.testing.assert_close(got.double(), ex, rtol=1e-4, atol=1e-5, msg=f"{name} ({seed=})")

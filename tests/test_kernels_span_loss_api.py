@@ -17,6 +17,8 @@ from r3fast.kernels.reference import naive_span_grpo_loss
 from torch.utils._python_dispatch import TorchDispatchMode
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled Triton on CUDA, the interpreter on CPU
+IMPLS = ["torch", "triton", "triton_atomic"]
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def seed():
     return s
 
 
-def problem(n=40, h=16, v=97, dtype=torch.float32, device="cpu"):
+def problem(n=40, h=16, v=97, dtype=torch.float32, device=DEVICE):
     mask = torch.rand(n, device=device) < 0.5
     mask[:2] = True
     return dict(
@@ -59,7 +61,7 @@ def by_hand(adv, mask, seq, loss_type, num_items=None):
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
 def test_reductions_by_hand(loss_type, num_items, seed):
     p = problem()
-    seq = torch.sort(torch.randint(0, 5, (40,))).values
+    seq = torch.sort(torch.randint(0, 5, (40,), device=DEVICE)).values
     out = span_grpo_loss(**p, seq_ids=seq, loss_type=loss_type, num_items=num_items, impl="torch")
     want = by_hand(p["advantages"], p["mask"], seq, loss_type, num_items)
     assert out.loss.item() == pytest.approx(want, rel=1e-5, abs=1e-6), seed
@@ -72,12 +74,12 @@ def test_dr_grpo_without_seq_ids_is_one_sequence(seed):
     assert out.loss.item() == pytest.approx(-p["advantages"][p["mask"]].sum().item() / m, rel=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
 def test_micro_batches_sum_to_full_step(loss_type, impl, seed):
     """With the global num_items, losses and grads of two micro-batches add up to the full batch's."""
     p = problem()
-    seq = torch.sort(torch.randint(0, 4, (40,))).values
+    seq = torch.sort(torch.randint(0, 4, (40,), device=DEVICE)).values
     p["seq_ids"] = seq
     first = seq < 2  # micro-batch boundary on a sequence boundary
     n_seq = len(set(seq[p["mask"]].tolist()))
@@ -110,8 +112,8 @@ BAD_INPUTS = [
     (lambda p: _bad(p, targets=p["targets"].float()), TypeError, "targets"),
     (lambda p: _bad(p, mask=p["mask"].long()), TypeError, "mask"),
     (lambda p: _bad(p, advantages=p["advantages"][:3]), ValueError, "advantages"),
-    (lambda p: _bad(p, old_logp=torch.zeros(3)), ValueError, "old_logp"),
-    (lambda p: _bad(p, seq_ids=torch.zeros(40)), TypeError, "seq_ids"),
+    (lambda p: _bad(p, old_logp=torch.zeros(3, device=DEVICE)), ValueError, "old_logp"),
+    (lambda p: _bad(p, seq_ids=torch.zeros(40, device=DEVICE)), TypeError, "seq_ids"),
     (lambda p: _bad(p, beta=0.1), ValueError, "ref_logp"),
     (lambda p: _bad(p, loss_type="grpo"), ValueError, "seq_ids"),
     (lambda p: _bad(p, loss_type="ppo"), ValueError, "loss_type"),
@@ -178,7 +180,7 @@ def test_torch_path_never_builds_m_by_v(monkeypatch):
             assert probe.largest >= n * v  # the probe sees the [M, V] logits when they exist
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_frozen_lm_head_gets_no_grad(impl, seed):
     """A frozen weight (e.g. LoRA): only d hidden, equal to the one computed with d weight."""
     p = problem()
@@ -190,16 +192,16 @@ def test_frozen_lm_head_gets_no_grad(impl, seed):
     torch.testing.assert_close(dh_frozen, dh, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_strided_inputs_and_int32_ids(impl, seed):
     """hidden as a column slice of a wider buffer, W column-major, int32 ids: same as contiguous."""
     p = problem()
-    p["seq_ids"] = torch.sort(torch.randint(0, 3, (40,))).values
+    p["seq_ids"] = torch.sort(torch.randint(0, 3, (40,), device=DEVICE)).values
     kw = dict(loss_type="grpo", impl=impl)
     h, w = p["hidden"].requires_grad_(), p["weight"].requires_grad_()
     want = span_grpo_loss(**p, **kw)
     want_grads = torch.autograd.grad(want.loss, (h, w))
-    wide = torch.randn(40, 16 + 5)
+    wide = torch.randn(40, 16 + 5, device=DEVICE)
     wide[:, 3:19] = p["hidden"].detach()
     h_s, w_s = wide[:, 3:19].requires_grad_(), w.detach().T.contiguous().T.requires_grad_()
     strided = {
@@ -230,15 +232,24 @@ _COMPILE_SM90 = """
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 import r3fast.kernels.span_loss_triton as k
+import r3fast.kernels.span_loss_splitv as sv
 common = {"idx_ptr": "*i64", "y_ptr": "*i64", "M": "i32", "stride_hn": "i32", "stride_hh": "i32",
-          "stride_wv": "i32", "stride_wh": "i32", "inv_temp": "fp32", "h_ptr": "*bf16", "w_ptr": "*bf16"}
-blocks = dict(V=151936, H=896, BLOCK_M=64, BLOCK_V=128, BLOCK_K=64, DOT_FP32=False)
-fwd = {"part_ptr": "*fp32", **common}
-bwd = {"lse_ptr": "*fp32", "g_ptr": "*fp32", "dh_ptr": "*fp32", "dw_ptr": "*fp32", **common}
-for fn, sig, const in ((k._span_fwd_kernel, fwd, {**blocks, "S": 4}),
-                       (k._span_bwd_kernel, bwd, {**blocks, "COMPUTE_DW": True})):
-    sig = {name: sig.get(name, "constexpr") for name in fn.arg_names}
-    assert "cubin" in compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 32)).asm
+          "stride_wv": "i32", "stride_wh": "i32", "inv_temp": "fp32"}
+grads = {"lse_ptr": "*fp32", "g_ptr": "*fp32", "scale_ptr": "*fp32"}
+for dt, fp32_dot, precision in (("bf16", False, "ieee"), ("fp16", False, "ieee"), ("fp32", True, "tf32x3")):
+    io = {"h_ptr": f"*{dt}", "w_ptr": f"*{dt}", **common}
+    blocks = dict(V=151936, H=1536, BLOCK_M=64, BLOCK_V=128, BLOCK_K=64, FP32_DOT=fp32_dot,
+                  PRECISION=precision)
+    fwd = {"part_ptr": "*fp32", **io}
+    bwd = {"dh_ptr": "*fp32", "dw_ptr": "*fp32", **grads, **io}
+    dz = {"dz_ptr": "*fp32" if dt == "fp32" else f"*{dt}", "v0": "i32", "VC": "i32", "stride_dz": "i32",
+          **grads, **io}
+    for fn, sig, const in ((k._span_fwd_kernel, fwd, {**blocks, "S": 4}),
+                           (k._span_bwd_kernel, bwd, {**blocks, "COMPUTE_DW": True, "SCALED": dt == "fp16"}),
+                           (sv._span_dz_kernel, dz, {**blocks, "SCALED": dt == "fp16"})):
+        sig = {name: sig.get(name, "constexpr") for name in fn.arg_names}
+        asm = compile(ASTSource(fn, sig, const), target=GPUTarget("cuda", 90, 32)).asm
+        assert "cubin" in asm, (fn, dt)
 """
 
 
