@@ -1,16 +1,25 @@
 """Configuration: one kw-only dataclass per component, loadable from YAML/TOML, overridable
-from the command line as `--section.field value` (e.g. `--optim.lr 1e-6`)."""
+from the command line as `--section.field value` (e.g. `--optim.lr 1e-6`).
+
+Every value goes through one gate, `__post_init__`: it is coerced to the field's declared type
+(r3fast.coerce: the same rules for YAML, TOML, flags and Python) and checked against its range,
+so a bad value is a one-line `ConfigError` before anything heavy is imported or loaded. This
+module imports neither torch nor transformers.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
+
+from .coerce import coerce
+from .errors import ConfigError, UserError
 
 __all__ = [
     "DataConfig",
@@ -26,24 +35,52 @@ __all__ = [
 ]
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+REPORTERS = ("jsonl", "tensorboard", "wandb")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class _Section:
+    """Coerce every field to its type, then let the subclass check ranges (`_check`)."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            key = f"{self.SECTION}.{f.name}"
+            setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], key))
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+    def _need(self, name: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{self.SECTION}.{name} must be {what}, got {getattr(self, name)!r}")
 
 
 @dataclass(kw_only=True)
-class ModelConfig:
+class ModelConfig(_Section):
+    """The policy model."""
+
+    SECTION: ClassVar[str] = "model"
     name: str = "smollm2-135m-instruct"
-    """Embedded model name, local save_pretrained directory, or HF hub id."""
-    dtype: str = "float32"
-    """Learner parameter dtype: float32 | bfloat16 | float16."""
+    """Embedded model name, local save_pretrained directory, or HF hub id (`org/name` or `gpt2`)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Learner parameter dtype."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
 
-    def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+    def _check(self) -> None:
+        self._need("name", bool(self.name.strip()), "a model name or path")
+        self._need("device", bool(_DEVICE.match(self.device)), "auto, cpu, mps, cuda or cuda:N")
 
 
 @dataclass(kw_only=True)
-class TaskConfig:
+class TaskConfig(_Section):
+    """The task: a prompt builder, a binary verifier and a dataset."""
+
+    SECTION: ClassVar[str] = "task"
     name: str = "countdown"
     """A registered task (r3fast.tasks.available_tasks())."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -51,14 +88,18 @@ class TaskConfig:
 
 
 @dataclass(kw_only=True)
-class SamplerConfig:
-    backend: str = "hf"
+class SamplerConfig(_Section):
+    """Generation of first tries, reflections and retries."""
+
+    SECTION: ClassVar[str] = "sampler"
+    backend: Literal["hf", "vllm"] = "hf"
     """hf (transformers generate) | vllm (colocated vLLM)."""
     group_size: int = 8
     """G: reflections sampled per failure (paper: 8-14)."""
     temperature: float = 0.9
     """Sampling temperature of reflections and retries (paper: ~0.9); also the loss's tau."""
     top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1]."""
     max_answer_tokens: int = 64
     """Cap on first-try and retry answers, in tokens."""
     max_reflection_tokens: int = 128
@@ -77,61 +118,83 @@ class SamplerConfig:
     max_model_len: int = 4096
     """vLLM: longest prompt + completion, in tokens."""
 
-    def __post_init__(self) -> None:
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"sampler.backend must be 'hf' or 'vllm', got {self.backend!r}")
-        if self.group_size < 2:
-            raise ValueError(f"sampler.group_size must be >= 2 (GRPO needs a group), got {self.group_size}")
-        if self.temperature <= 0:
-            raise ValueError(f"sampler.temperature must be > 0 for training, got {self.temperature}")
+    def _check(self) -> None:
+        self._need("group_size", self.group_size >= 2, ">= 2 (GRPO needs a group)")
+        self._need("temperature", self.temperature > 0, "> 0 for training")
+        self._need("top_p", 0 < self.top_p <= 1, "in (0, 1]")
+        for name in ("max_answer_tokens", "max_reflection_tokens", "chunk_size", "max_batch_size"):
+            self._need(name, getattr(self, name) >= 1, ">= 1")
+        self._need("max_model_len", self.max_model_len >= 1, ">= 1")
+        self._need("sync_bucket_mb", self.sync_bucket_mb >= 0, ">= 0")
+        self._need("sleep_level", self.sleep_level in (1, 2), "1 or 2")
+        g = self.gpu_memory_utilization
+        self._need(
+            "gpu_memory_utilization",
+            g == "auto" or (isinstance(g, float) and 0 < g <= 1),
+            "auto or in (0, 1]",
+        )
 
 
 @dataclass(kw_only=True)
-class LossConfig:
-    loss_type: str = "dapo"
-    """grpo | bnpo | dr_grpo | dapo (TRL's normalisations)."""
+class LossConfig(_Section):
+    """The GRPO span loss over reflection tokens."""
+
+    SECTION: ClassVar[str] = "loss"
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    """TRL's normalisations."""
     beta: float = 0.001
     """k3 KL coefficient to the frozen reference model (paper: 0.001); 0 loads no reference."""
     eps_low: float = 0.2
+    """Lower clip range of the importance ratio."""
     eps_high: float = 0.2
-    impl: str = "auto"
-    """Span-loss implementation: auto | triton | torch."""
+    """Upper clip range of the importance ratio."""
+    impl: Literal["auto", "triton", "torch"] = "auto"
+    """Span-loss implementation."""
 
-    def __post_init__(self) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.beta < 0:
-            raise ValueError(f"loss.beta must be >= 0, got {self.beta}")
+    def _check(self) -> None:
+        self._need("beta", self.beta >= 0, ">= 0")
+        self._need("eps_low", 0 <= self.eps_low < 1, "in [0, 1)")
+        self._need("eps_high", self.eps_high >= 0, ">= 0")
 
 
 @dataclass(kw_only=True)
-class OptimConfig:
-    optimizer: str = "adamw"
+class OptimConfig(_Section):
+    """Optimiser and learning-rate schedule."""
+
+    SECTION: ClassVar[str] = "optim"
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     """adamw (torch) | adamw8bit (bitsandbytes)."""
     lr: float = 1e-6
     """Peak learning rate."""
     weight_decay: float = 0.0
+    """Decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.99)
+    """Adam moment coefficients."""
     grad_clip: float = 1.0
     """Max global grad norm; 0 disables clipping."""
     warmup_steps: int = 0
-    schedule: str = "constant"
-    """constant | linear | cosine (after warm-up, decaying to 0 at trainer.steps)."""
+    """Linear warm-up steps to the peak lr."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """After warm-up; linear and cosine decay to 0 at trainer.steps."""
 
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("adamw", "adamw8bit"):
-            raise ValueError(f"optim.optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
-        if self.schedule not in ("constant", "linear", "cosine"):
-            raise ValueError(f"optim.schedule must be constant, linear or cosine, got {self.schedule!r}")
-        self.betas = tuple(self.betas)
+    def _check(self) -> None:
+        self._need("lr", self.lr > 0, "> 0")
+        self._need("weight_decay", self.weight_decay >= 0, ">= 0")
+        self._need("betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
+        self._need("grad_clip", self.grad_clip >= 0, ">= 0")
+        self._need("warmup_steps", self.warmup_steps >= 0, ">= 0")
 
 
 @dataclass(kw_only=True)
-class DataConfig:
+class DataConfig(_Section):
+    """Where failures come from, and how rows are packed."""
+
+    SECTION: ClassVar[str] = "data"
     failures: str | None = None
-    """JSONL failure set from `r3fast mine`; None with online=True mines during training."""
-    online: bool = False
-    """Mine failures from the task's train split during training instead of reading a file."""
+    """JSONL failure set from `r3fast mine`; unset: mine failures online during training."""
+    online: bool | None = None
+    """Mine failures from the task's train split during training. null (default): online exactly
+    when data.failures is unset."""
     failures_per_step: int = 8
     """Failures rolled out per optimiser step (each gets group_size reflections)."""
     max_tokens: int = 4096
@@ -142,23 +205,83 @@ class DataConfig:
     mine_tries: int = 4
     """Online mining: first attempts per example."""
 
+    @property
+    def mines_online(self) -> bool:
+        return self.failures is None if self.online is None else self.online
+
+    def _check(self) -> None:
+        if self.online is True and self.failures is not None:
+            raise ConfigError(
+                "data.failures and data.online=true both given: pick one (data.online: null mines "
+                "online exactly when no failures file is given)"
+            )
+        if self.online is False and self.failures is None:
+            raise ConfigError("data.online=false needs data.failures (a JSONL file from `r3fast mine`)")
+        for name in ("failures_per_step", "max_tokens", "mine_tries"):
+            self._need(name, getattr(self, name) >= 1, ">= 1")
+
 
 @dataclass(kw_only=True)
-class TrainerConfig:
+class TrainerConfig(_Section):
+    """The loop: steps, checkpoints, evaluation, logging."""
+
+    SECTION: ClassVar[str] = "trainer"
     steps: int = 100
-    """Optimiser steps (rollout + update) to run."""
+    """Optimiser steps (rollout + update) to run; may be raised on --resume to extend a run."""
     seed: int = 0
+    """Seed of sampling, data order and initial RNG state."""
     output_dir: str = "runs/r3"
+    """Run directory: metrics, checkpoints, final model, report."""
     save_every: int = 50
     """Checkpoint every this many steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk, newest by recorded step."""
     eval_n: int = 64
     """Held-out examples for the four-column report (0 skips evaluation)."""
     eval_temperature: float = 0.0
     """0 is greedy: a deterministic report."""
+    eval_every: int = 0
+    """Measure a small fixed held-out set every this many steps (0: never); logged and plotted."""
+    eval_every_n: int = 16
+    """Size of that periodic held-out set."""
+    max_nonfinite_steps: int = 3
+    """Stop after this many consecutive steps skipped for a non-finite loss or grad norm."""
+    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    """Metric sinks: jsonl (always written) | tensorboard (extra r3fast[tensorboard]) | wandb."""
+    wandb_project: str = "r3fast"
+    """W&B project (set WANDB_MODE=offline to log without a network)."""
     progress: bool = True
-    """Progress bars."""
+    """Progress bars on a terminal; one line per update when output is redirected."""
     tensorboard: bool = True
-    """Also log to TensorBoard when it is installed."""
+    """Shorthand: false drops tensorboard from report_to."""
+
+    def _check(self) -> None:
+        self._need("steps", self.steps >= 1, ">= 1")
+        self._need("seed", self.seed >= 0, ">= 0")
+        self._need("output_dir", bool(self.output_dir.strip()), "a directory path")
+        for name in ("save_every", "eval_n", "eval_every"):
+            self._need(name, getattr(self, name) >= 0, ">= 0")
+        for name in ("keep_checkpoints", "eval_every_n", "max_nonfinite_steps"):
+            self._need(name, getattr(self, name) >= 1, ">= 1")
+        self._need("eval_temperature", self.eval_temperature >= 0, ">= 0")
+        self._need("report_to", set(self.report_to) <= set(REPORTERS), f"a list from {list(REPORTERS)}")
+
+    @property
+    def reporters(self) -> list[str]:
+        """The sinks in use: jsonl always; tensorboard unless `tensorboard: false`."""
+        out = ["jsonl"] + [r for r in self.report_to if r != "jsonl"]
+        return [r for r in out if r != "tensorboard" or self.tensorboard]
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "task": TaskConfig,
+    "sampler": SamplerConfig,
+    "loss": LossConfig,
+    "optim": OptimConfig,
+    "data": DataConfig,
+    "trainer": TrainerConfig,
+}
 
 
 @dataclass(kw_only=True)
@@ -174,21 +297,24 @@ class R3Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """`{"section.field": value}` for every field (diffs, help)."""
+        return {f"{s}.{k}": v for s, fields in self.to_dict().items() for k, v in fields.items()}
+
     @classmethod
     def from_dict(cls, raw: dict) -> R3Config:
-        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - set(SECTIONS)
         if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: {_names(cls)}")
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {list(SECTIONS)}")
         parts = {}
-        for f in dataclasses.fields(cls):
-            section_cls = _hints(cls)[f.name]
-            values = raw.get(f.name) or {}
+        for name, section_cls in SECTIONS.items():
+            values = raw.get(name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{name}] must be a table of fields, got {values!r}")
             bad = set(values) - set(_names(section_cls))
             if bad:
-                raise ValueError(
-                    f"unknown field(s) {sorted(bad)} in [{f.name}]; known: {_names(section_cls)}"
-                )
-            parts[f.name] = section_cls(**values)
+                raise ConfigError(f"unknown field(s) {sorted(bad)} in [{name}]; known: {_names(section_cls)}")
+            parts[name] = section_cls(**values)
         return cls(**parts)
 
 
@@ -196,81 +322,86 @@ def _names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def load_config(path: str | Path) -> R3Config:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file with one table per section."""
     path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        raw = tomllib.loads(text)
-    else:
-        raw = yaml.safe_load(text) or {}
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"config file {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            raw = tomllib.loads(text)
+        else:
+            raw = yaml.safe_load(text) or {}
+    except Exception as e:  # TOMLDecodeError / YAMLError: the parser's message, on one line
+        raise UserError(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {_one_line(e)}"
+        ) from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return R3Config.from_dict(raw)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
-def _coerce(text: str, hint: Any, key: str) -> Any:
-    value = yaml.safe_load(text)  # YAML scalars: 1e-6, true, null, [1, 2], {a: 1}
-    origin = typing.get_origin(hint)
-    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
-    for opt in options:
-        if opt is type(None) and value is None:
-            return None
-        if opt is float and not isinstance(value, bool):
-            try:  # YAML 1.1 reads "1e-6" as a string
-                return float(value if isinstance(value, (int, float)) else text)
-            except (TypeError, ValueError):
-                pass
-        if opt is str and value is not None:
-            return text if not isinstance(value, str) else value
-        base = typing.get_origin(opt) or opt
-        if base is tuple and isinstance(value, list):
-            return tuple(value)
-        if (
-            isinstance(base, type)
-            and isinstance(value, base)
-            and not (base is int and isinstance(value, bool))
-        ):
-            return value
-    raise ValueError(f"--{key}: cannot read {text!r} as {hint}")
+def _parse_flag_value(text: str, hint: Any) -> Any:
+    """Flags are text: read them as YAML scalars (1e-6, true, null, [a, b]) unless the field is
+    plain text, which is taken verbatim (`--trainer.output_dir 007`)."""
+    if hint is str or typing.get_origin(hint) is Literal:
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if hint == (str | None):
+        return None if value is None else text
+    return value
 
 
-def apply_overrides(config: R3Config, args: list[str]) -> R3Config:
-    """Apply `--section.field value` (or `--section.field=value`) pairs; unknown keys raise."""
+def split_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """`--section.field value` / `--section.field=value` pairs, in order."""
     pairs, i = [], 0
     while i < len(args):
         arg = args[i]
         if not arg.startswith("--") or "." not in arg:
-            raise ValueError(f"expected --section.field value, got {arg!r}")
+            raise UserError(f"expected --section.field value, got {arg!r}")
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
             i += 1
         else:
             if i + 1 >= len(args):
-                raise ValueError(f"{arg} needs a value")
+                raise UserError(f"{arg} needs a value")
             key, value = arg[2:], args[i + 1]
             i += 2
         pairs.append((key, value))
-    for key, value in pairs:
+    return pairs
+
+
+def apply_overrides(config: R3Config, args: list[str]) -> R3Config:
+    """Apply `--section.field value` pairs; unknown keys and bad values raise `ConfigError`.
+    Every value is set first and the touched sections are checked once after, so a pair of
+    flags that only make sense together (data.failures + data.online) can be given in any order."""
+    touched = {}
+    for key, text in split_overrides(args):
         section_name, _, name = key.partition(".")
-        section = getattr(config, section_name, None)
-        if section is None or not dataclasses.is_dataclass(section):
-            raise ValueError(f"--{key}: unknown section {section_name!r}; known: {_names(R3Config)}")
-        hints = _hints(type(section))
-        if name not in hints:
-            raise ValueError(f"--{key}: unknown field; [{section_name}] has {_names(type(section))}")
-        setattr(section, name, _coerce(value, hints[name], key))
-        if hasattr(section, "__post_init__"):
-            section.__post_init__()
+        if section_name not in SECTIONS:
+            raise ConfigError(f"--{key}: unknown section {section_name!r}; known: {list(SECTIONS)}")
+        section = getattr(config, section_name)
+        hints = typing.get_type_hints(type(section))
+        if name not in hints or name == "SECTION":
+            raise ConfigError(f"--{key}: unknown field; [{section_name}] has {_names(type(section))}")
+        setattr(section, name, coerce(_parse_flag_value(text, hints[name]), hints[name], f"--{key}"))
+        touched[section_name] = section
+    for section in touched.values():
+        section.__post_init__()
     return config

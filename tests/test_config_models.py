@@ -42,7 +42,11 @@ def test_presets_build():
         assert isinstance(make(), R3Config)
 
 
-def test_unknown_model_name_lists_what_is_accepted():
+def test_unknown_model_name_lists_what_is_accepted(monkeypatch, tmp_path):
+    # Offline with an empty hub cache: an org-less name that is neither embedded nor a directory
+    # can only be a typo (online, the hub alone could say; see test_hub_ids_without_an_org).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ValueError, match="smollm2-135m-instruct"):
         resolve_model_path("no-such-model")
     assert resolve_model_path("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
