@@ -1,7 +1,10 @@
-"""Atomic, resumable checkpoints: model (safetensors), optimiser, scheduler, RNG, trainer state.
+"""Atomic, resumable checkpoints: model, optimiser, scheduler, RNG, trainer state.
 
 A checkpoint is written to a temp directory and renamed into place, then `latest` is replaced
 (also by rename): a crash at any moment leaves the previous checkpoint intact and findable.
+A transformers model is written with `save_pretrained` (plus the tokenizer when given), so
+`from_pretrained(<run>/checkpoints/step_N)` and `r3fast eval --model <that dir>` load it.
+Pruning keeps the newest checkpoints by the step each one recorded, never by directory name.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 
 from .atomic import atomic_dir, write_text_atomic
+from .rundir import latest_checkpoint
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["latest_checkpoint", "load_checkpoint", "prune_checkpoints", "save_checkpoint"]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -44,30 +48,57 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     trainer_state: dict[str, Any],
+    tokenizer: Any = None,
     keep: int = 2,
 ) -> Path:
     """Write `run_dir/checkpoints/step_XXXXXXXX` atomically, point `latest` at it, prune old ones."""
     ckpt_root = Path(run_dir) / "checkpoints"
     dest = ckpt_root / f"step_{step:08d}"
     with atomic_dir(dest) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(tmp)  # config.json + safetensors; tied embeddings stored once
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
             tmp / "state.pt",
         )
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
     write_text_atomic(ckpt_root / "latest", dest.name)
-    for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(ckpt_root, current=dest, keep=keep)
     return dest
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    marker = Path(run_dir) / "checkpoints" / "latest"
-    if not marker.is_file():
-        return None
-    path = marker.parent / marker.read_text().strip()
-    return path if (path / "trainer_state.json").is_file() else None
+def _recorded_step(path: Path) -> int | None:
+    try:
+        return int(json.loads((path / "trainer_state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not a checkpoint of ours: leave it alone
+
+
+def prune_checkpoints(ckpt_root: Path, *, current: Path, keep: int) -> list[Path]:
+    """Keep `current` and the `keep - 1` highest recorded steps below it. Checkpoints recording a
+    later step than `current` belong to an abandoned future (a resume from an earlier step) and go."""
+    now = _recorded_step(current)
+    found = [(s, p) for p in ckpt_root.glob("step_*") if p.is_dir() and (s := _recorded_step(p)) is not None]
+    older = sorted((sp for sp in found if sp[1] != current and sp[0] < now), reverse=True)
+    doomed = [p for s, p in found if p != current and s >= now] + [p for _, p in older[keep - 1 :]]
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    state = {}
+    for f in sorted(path.glob("*.safetensors")):  # one file, or save_pretrained's shards
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not _is_tied(model, k)]:
+        raise RuntimeError(
+            f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})"
+        )
 
 
 def load_checkpoint(
@@ -75,11 +106,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore everything `save_checkpoint` wrote; returns the trainer state (with `step`)."""
     path = Path(path)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if unexpected or [k for k in missing if not _is_tied(model, k)]:
-        raise RuntimeError(
-            f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})"
-        )
+    _load_weights(model, path)
     state = torch.load(path / "state.pt", weights_only=False)  # our own file: RNG states are not tensors
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

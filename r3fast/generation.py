@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tqdm.auto import tqdm
-
+from .progress import progress_bar
 from .sampling import Completion, Sampler, SamplingParams
 
 __all__ = ["generate_chunked"]
@@ -26,7 +25,7 @@ def generate_chunked(
     resumed job draws the same samples.
     """
     out: list[list[Completion]] = []
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, leave=False)
+    bar = progress_bar(total=len(prompts), desc=desc, unit="prompts", enabled=progress, leave=False)
     for k, start in enumerate(range(0, len(prompts), chunk_size)):
         seed = None if params.seed is None else params.seed + k
         out.extend(

@@ -14,6 +14,7 @@ from .config import (
     TaskConfig,
     TrainerConfig,
 )
+from .errors import UserError
 
 __all__ = ["PRESETS", "countdown_demo", "countdown_paper", "function_calling_paper", "get"]
 
@@ -49,7 +50,12 @@ def countdown_demo() -> R3Config:
 
 
 def countdown_paper() -> R3Config:
-    """The paper's Countdown setting (3-4 numbers <= 100), for a GPU and a 1.5B-class model."""
+    """The paper's Countdown setting (3-4 numbers <= 100), for a GPU and a 1.5B-class model.
+
+    Like the paper it trains on an offline failure set, `failures/countdown-paper.jsonl`; when the
+    file is missing, `r3fast train --preset countdown-paper` stops before loading anything and
+    prints the exact `r3fast mine` command that writes it (r3fast.validate.mine_command).
+    """
     return R3Config(
         model=ModelConfig(name="Qwen/Qwen2.5-1.5B-Instruct", dtype="bfloat16"),
         task=TaskConfig(
@@ -61,16 +67,18 @@ def countdown_paper() -> R3Config:
         ),
         loss=LossConfig(loss_type="dapo", beta=0.001),
         optim=OptimConfig(lr=1e-6, warmup_steps=10, schedule="cosine"),
-        data=DataConfig(failures="failures.jsonl", failures_per_step=32, max_tokens=16384),
+        data=DataConfig(failures="failures/countdown-paper.jsonl", failures_per_step=32, max_tokens=16384),
         trainer=TrainerConfig(steps=500, output_dir="runs/countdown-paper", save_every=50, eval_n=1000),
     )
 
 
 def function_calling_paper() -> R3Config:
-    """Function calling (BFCL / xLAM format) on a GPU, as in the paper's first table."""
+    """Function calling (BFCL / xLAM format) on a GPU, as in the paper's first table. Its own
+    failure set, `failures/function-calling-paper.jsonl` (never the Countdown one)."""
     cfg = countdown_paper()
     cfg.model.name = "Qwen/Qwen2-1.5B-Instruct"
     cfg.task = TaskConfig(name="function_calling")
+    cfg.data.failures = "failures/function-calling-paper.jsonl"
     cfg.trainer.output_dir = "runs/function-calling-paper"
     cfg.trainer.eval_n = 400
     return cfg
@@ -85,5 +93,5 @@ PRESETS: dict[str, Callable[[], R3Config]] = {
 
 def get(name: str) -> R3Config:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name]()

@@ -14,6 +14,7 @@ PLOTS = {
     "retry_success.png": ("retry_success", "retries right after a reflection (fraction)"),
     "groups_with_signal.png": ("frac_groups_with_signal", "fraction of groups with a reward signal"),
     "reflection_length.png": ("reflection_len_mean", "reflection length (tokens)"),
+    "eval.png": (("eval_first_try", "eval_second_try"), "held-out accuracy (trainer.eval_every)"),
 }
 
 
@@ -25,12 +26,18 @@ def plot_metrics(metrics: list[dict], out_dir: str | Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     written = []
-    for name, (key, title) in PLOTS.items():
-        pts = [(m["step"], m[key]) for m in metrics if key in m]
-        if not pts:
+    for name, (keys, title) in PLOTS.items():
+        keys = (keys,) if isinstance(keys, str) else keys
+        # Numbers only: a diverged step logs null (metrics.jsonl is strict JSON).
+        series = {k: [(m["step"], m[k]) for m in metrics if isinstance(m.get(k), (int, float))] for k in keys}
+        if not any(series.values()):
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*pts), marker="o", ms=3)
+        for key, pts in series.items():
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=key)
+        if len(keys) > 1:
+            ax.legend()
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -71,7 +78,11 @@ def write_report(
     if metrics:
         last = metrics[-1]
         keys = ("reward_mean", "frac_groups_with_signal", "reflection_len_mean", "loss", "kl", "tokens_per_s")
-        lines += ["Last step: " + ", ".join(f"{k}={last[k]:.4g}" for k in keys if k in last), ""]
+        shown = [f"{k}={last[k]:.4g}" for k in keys if isinstance(last.get(k), (int, float))]
+        lines += ["Last step: " + ", ".join(shown), ""]
+        skipped = sum(1 for m in metrics if m.get("skipped_nonfinite"))
+        if skipped:
+            lines += [f"**{skipped} step(s) skipped for a non-finite loss or gradient norm.**", ""]
     lines += [f"Wall time: {seconds / 60:.1f} min over {len(metrics)} steps.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Config:", "```", _yaml(config), "```", ""]

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -24,12 +24,15 @@ from .config import R3Config
 from .data import LoaderConfig, StepLoader, TrainSequence, pack_sequences, plan_step, use_packed_attention
 from .evaluate import EvalResult, evaluate, format_eval_table
 from .failures import FailureSource
+from .guard import NonFiniteGuard
 from .loss import SpanLoss, check_supported
 from .metrics import MetricsLogger, peak_memory_mb, read_metrics
 from .models import load_model, resolve_device
 from .optim import build_optimizer, build_scheduler
+from .progress import progress_bar
 from .report import four_column_table, write_report
 from .rollout import rollout, to_sequences
+from .rundir import check_resume_config, prepare_run_dir
 from .sampling import HFSampler, Sampler, SamplingParams, VLLMSampler
 from .tasks import get_task
 
@@ -38,7 +41,11 @@ __all__ = ["R3Trainer"]
 
 class R3Trainer:
     """Build from an `R3Config`; pass `task=` (any object with build_prompt/verify/dataset) to
-    train on your own task, and `model=`/`tokenizer=` to bring a model already in memory."""
+    train on your own task, and `model=`/`tokenizer=` to bring a model already in memory.
+
+    The run directory is checked before anything loads: a non-empty one needs `resume=True` (to
+    continue it) or `overwrite=True`; a resume whose config differs from the saved one in fields
+    that change the run's meaning needs `allow_config_change=True` (see `rundir.MAY_CHANGE`)."""
 
     def __init__(
         self,
@@ -48,10 +55,16 @@ class R3Trainer:
         model=None,
         tokenizer=None,
         resume: bool = False,
+        overwrite: bool = False,
+        allow_config_change: bool = False,
         callbacks: list[Callable[[int, dict], None]] | None = None,
     ) -> None:
         self.cfg = config
         self.run_dir = Path(config.trainer.output_dir)
+        self.notes = prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        self.config_changes = (
+            check_resume_config(self.run_dir, config.to_dict(), allow=allow_config_change) if resume else []
+        )
         self.device = resolve_device(config.model.device)
         self.task = task if task is not None else get_task(config.task.name, **config.task.options)
         if model is None:
@@ -75,27 +88,45 @@ class R3Trainer:
         torch.manual_seed(config.trainer.seed)  # after the sampler: vLLM re-seeds the global generator
         self.source = FailureSource(
             task=self.task,
-            path=config.data.failures,
-            online=config.data.online,
+            path=None if config.data.mines_online else config.data.failures,
+            online=config.data.mines_online,
             seed=config.trainer.seed,
             tries=config.data.mine_tries,
         )
         self.callbacks = callbacks or []
+        self.guard = NonFiniteGuard(config.trainer.max_nonfinite_steps)
         self.step = 0
         self.resumed = resume
         ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if resume and ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir / 'checkpoints'}")
         if ckpt is not None:
             state = load_checkpoint(
                 ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
             )
             self.step = state["step"]
             self.source.load_state_dict(state["source"])
+            self.guard.load_state_dict(state.get("guard", {}))
+            self._apply_optim_changes()
             self.sampler.sync_weights(self.model)
+        t = config.trainer
         self.logger = MetricsLogger(
-            self.run_dir, tensorboard=config.trainer.tensorboard, resume_step=self.step if ckpt else None
+            self.run_dir,
+            resume_step=self.step if ckpt else None,
+            report_to=t.reporters,
+            wandb_project=t.wandb_project,
+            config=config.to_dict(),
         )
+
+    def _apply_optim_changes(self) -> None:
+        """The checkpoint restores the saved lr peak, betas and weight decay; an allowed change of
+        any of them (`allow_config_change`) must win over the saved values, not be ignored."""
+        if not any(k.startswith("optim.") for k, _, _ in self.config_changes):
+            return
+        o = self.cfg.optim
+        for group in self.optimizer.param_groups:
+            group["betas"], group["weight_decay"] = tuple(o.betas), o.weight_decay
+        sched = self.scheduler.state_dict()
+        sched["peak"] = [o.lr] * len(sched["peak"])
+        self.scheduler.load_state_dict(sched)
 
     def _build_sampler(self) -> Sampler:
         s = self.cfg.sampler
@@ -224,16 +255,22 @@ class R3Trainer:
             totals["tokens"] += row.num_tokens
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        self.optimizer.step()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+        # The NaN/Inf guard: a non-finite step leaves weights and optimiser moments as they were.
+        skipped = not self.guard.finite(totals["loss"], grad_norm)
+        if not skipped:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not skipped:
+            self.guard.check_weights(self.model, f"step {self.step + 1}")
         span = max(totals["span"], 1)
         return {
+            "skipped_nonfinite": skipped,
             "loss": totals["loss"],
             "kl": totals["kl"] / span,
             "clip_frac": totals["clip"] / span,
             "entropy": totals["entropy"] / span,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "rows": len(rows),
             "tokens": totals["tokens"],
             "span_tokens": totals["span"],
@@ -272,6 +309,7 @@ class R3Trainer:
             metrics.update(
                 loss=0.0, kl=0.0, clip_frac=0.0, entropy=0.0, grad_norm=0.0, tokens=0, span_tokens=0
             )
+            metrics["skipped_nonfinite"] = False
         self.scheduler.step()
         t2 = time.perf_counter()
         self.sampler.sync_weights(self.model)
@@ -283,7 +321,7 @@ class R3Trainer:
             step_s=t3 - t0,
             tokens_per_s=metrics["tokens"] / max(t2 - t1, 1e-9),
             peak_memory_mb=peak_memory_mb(self.device),
-            updated=bool(seqs),
+            updated=bool(seqs) and not metrics["skipped_nonfinite"],
         )
         self.step += 1
         return metrics
@@ -291,35 +329,70 @@ class R3Trainer:
     # ---------------------------------------------------------------- the loop
 
     def save(self) -> Path:
+        self.guard.check_weights(self.model, f"checkpoint at step {self.step}")
         return save_checkpoint(
             self.run_dir,
             self.step,
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            trainer_state={"source": self.source.state_dict(), "config": self.cfg.to_dict()},
+            tokenizer=self.tokenizer,
+            keep=self.cfg.trainer.keep_checkpoints,
+            trainer_state={
+                "source": self.source.state_dict(),
+                "guard": self.guard.state_dict(),
+                "config": self.cfg.to_dict(),
+            },
         )
 
     def export(self) -> Path:
         """The final model as a plain HF directory: `r3fast eval --model <run>/final` loads it."""
+        self.guard.check_weights(self.model, "final export")
         dest = self.run_dir / "final"
         with atomic_dir(dest) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
         return dest
 
+    def _periodic_eval(self) -> dict:
+        """`trainer.eval_every`: the same small held-out set each time, so the curve compares."""
+        res = self.evaluate(self.cfg.trainer.eval_every_n)
+        return {"eval_first_try": res.first_acc, "eval_second_try": res.second_acc}
+
+    def _start_lines(self) -> list[str]:
+        lines = list(self.notes) + [self.logger.describe()]
+        lines += [f"resume: applying changed {k}: {a!r} -> {b!r}" for k, a, b in self.config_changes]
+        return lines
+
     def train(self) -> dict:
         t_start = time.perf_counter()
         cfg = self.cfg.trainer
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+        write_text_atomic(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=1))
+        if cfg.progress:
+            print("\n".join(self._start_lines()), flush=True)
         vanilla = self._eval_cached("vanilla")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not cfg.progress)
+        bar = progress_bar(
+            total=cfg.steps,
+            initial=self.step,
+            desc="train",
+            unit="steps",
+            enabled=cfg.progress,
+            every_update=True,
+        )
         while self.step < cfg.steps:
             metrics = self.train_step()
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                metrics.update(self._periodic_eval())
             self.logger.log(self.step, metrics)
+            if metrics["tokens"]:  # steps without a learner pass neither break nor extend a streak
+                self.guard.record(metrics["skipped_nonfinite"], self.step)
+            loss = metrics["loss"]
+            bar.set_postfix(
+                reward=f"{metrics['reward_mean']:.2f}",
+                loss=f"{loss:.3g}" if math.isfinite(loss) else "non-finite (step skipped)",
+            )
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", loss=f"{metrics['loss']:.3g}")
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                 self.save()
             for cb in self.callbacks:
@@ -344,5 +417,5 @@ class R3Trainer:
             seconds=summary["seconds"],
         )
         summary["report"] = str(report)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         return summary

