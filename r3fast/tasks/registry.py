@@ -17,6 +17,8 @@ __all__ = ["register_task", "get_task", "available_tasks"]
 _FACTORIES: dict[str, Callable[..., Task] | str] = {
     "countdown": "r3fast.tasks.countdown:CountdownTask",
     "function_calling": "r3fast.tasks.function_calling:FunctionCallingTask",
+    "multihop": "r3fast.tasks.multihop:MultiHopTask",
+    "cwe": "r3fast.tasks.cwe:CWETask",
 }
 
 

@@ -1,0 +1,28 @@
+"""A progress bar over segments that shows how many relevant margins were found so far."""
+
+from __future__ import annotations
+
+from tqdm.auto import tqdm
+
+from r3fast.wim.reading import Margin
+
+__all__ = ["MarginProgress"]
+
+
+class MarginProgress:
+    """``with MarginProgress(n_segments) as bar: bar.update(margin)`` — one tick per segment."""
+
+    def __init__(self, total: int, *, desc: str = "WiM reading", disable: bool = False) -> None:
+        self.bar = tqdm(total=total, desc=desc, unit="seg", disable=disable, leave=False)
+        self.relevant = 0
+
+    def update(self, margin: Margin) -> None:
+        self.relevant += margin.relevant
+        self.bar.set_postfix(relevant=self.relevant, refresh=False)
+        self.bar.update(1)
+
+    def __enter__(self) -> MarginProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
