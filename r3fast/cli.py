@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="--resume: apply config changes that alter the run's meaning (listed when refused)",
     )
     _add_config_fields(p)
+    from .wim.cli import add_wim_parser  # WiM's flags live with WiM (r3fast/wim/cli.py)
+
+    add_wim_parser(sub)
     return parser
 
 
@@ -262,10 +265,17 @@ def _run(argv: list[str] | None) -> int:
         return cmd_eval(args)
     if args.cmd == "mine":
         return cmd_mine(args)
+    if args.cmd == "wim":
+        from .wim.cli import cmd_wim
+
+        return cmd_wim(args)
     return cmd_train(args, rest)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .progress import quiet_library_bars
+
+    quiet_library_bars()
     try:
         return _run(argv)
     except UserError as e:

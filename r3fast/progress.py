@@ -6,15 +6,28 @@ bar starts, at most one per tenth of the way for long bars, and one at the end.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
 
-__all__ = ["progress_bar"]
+__all__ = ["progress_bar", "quiet_library_bars"]
 
 
 def _interactive() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def quiet_library_bars() -> None:
+    """transformers and huggingface_hub draw their own tqdm bars (loading weights, writing shards):
+    turn them off when output is redirected."""
+    if _interactive():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
 
 
 class LineProgress:

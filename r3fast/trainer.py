@@ -29,7 +29,7 @@ from .loss import SpanLoss, check_supported
 from .metrics import MetricsLogger, peak_memory_mb, read_metrics
 from .models import load_model, resolve_device
 from .optim import build_optimizer, build_scheduler
-from .progress import progress_bar
+from .progress import progress_bar, quiet_library_bars
 from .report import four_column_table, write_report
 from .rollout import rollout, to_sequences
 from .rundir import check_resume_config, prepare_run_dir
@@ -61,6 +61,7 @@ class R3Trainer:
     ) -> None:
         self.cfg = config
         self.run_dir = Path(config.trainer.output_dir)
+        quiet_library_bars()
         self.notes = prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
         self.config_changes = (
             check_resume_config(self.run_dir, config.to_dict(), allow=allow_config_change) if resume else []
