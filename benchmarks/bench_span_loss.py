@@ -2,8 +2,11 @@
 
 Rows: naive torch (materialised [M, V] logits), Liger's chunked fused-linear GRPO loss (works on all N
 rows of its (B, T) batch, masking afterwards), Liger's Triton GRPO op fed materialised logits (GPU),
-r3fast torch (chunked), r3fast triton (GPU). Columns: median / p20 / p80 of fwd+bwd, peak memory above
-the inputs, and the matmul floor (6·M·H·V FLOPs at the measured matmul rate of this device and dtype).
+cut-cross-entropy's `linear_cross_entropy` on the M masked rows (a log-prob baseline: the same h·Wᵀ
+work without the GRPO terms; GPU), r3fast torch (chunked), r3fast triton (split-V backward, the
+default) and r3fast triton_atomic (GPU). Columns: median / p20 / p80 of fwd+bwd, peak memory above the
+inputs, and the matmul floor: 8·M·H·V FLOPs (forward, recompute, dh, dW) at the measured matmul rate
+of this device and dtype, the least a design that never stores [M, V] logits can do.
 
 Peak memory: CUDA: max_memory_allocated above the baseline. CPU: the torch profiler's allocator events
 (profile_memory=True, read as torch's own memory profiler reads them) replayed in order: the high-water
@@ -11,6 +14,7 @@ mark of live tensor bytes during one fwd+bwd above what was live before it (the 
 like the CUDA figure; the gradients of h and W are included in both.
 
     python benchmarks/bench_span_loss.py            # CPU: torch rows, small grid (~minutes on 2 cores)
+    python benchmarks/bench_span_loss.py --target   # GPU: the target shape only (the GPU suite, .ci/gpu)
     python benchmarks/bench_span_loss.py --full     # GPU: the whole grid
 """
 
@@ -36,6 +40,8 @@ from r3fast.kernels.reference import naive_span_grpo_loss
 SEQ_LEN = 1024  # packed row length for the (B, T) layouts that Liger expects
 GPU_GRID = dict(N=[4096, 16384], frac=[0.1, 0.25, 1.0], V=[49152, 151936], H=[576, 1536, 3584])
 CPU_GRID = [(1024, 0.25, 8192, 256), (4096, 0.25, 49152, 576)]  # (N, frac, V, H); the 2nd is the target
+GPU_TARGET = [(16384, 0.25, 151936, 1536)]  # Qwen2.5-1.5B's lm_head, 16k packed tokens, 25 % reflection
+SMOKE = [(256, 0.25, 1024, 64)]  # a plumbing check on any device (the GPU suite's --dry-run)
 
 
 def make_inputs(n: int, frac: float, v: int, h: int, dtype: torch.dtype, device: str) -> dict:
@@ -73,6 +79,15 @@ def row_liger_chunked(x: dict) -> Callable[[], torch.Tensor]:
     loss_fn = LigerFusedLinearGRPOLoss(beta=0.0, use_ref_model=False, compiled=h.is_cuda)
     ids, mask = x["targets"].view(b, -1), x["mask"].view(b, -1).long()
     return lambda: loss_fn(h.view(b, -1, h.shape[1]), x["weight"], ids, mask, x["seq_adv"])[0]
+
+
+def row_cce(x: dict) -> Callable[[], torch.Tensor]:
+    from cut_cross_entropy import linear_cross_entropy
+
+    idx = x["mask"].nonzero().squeeze(1)
+    y = x["targets"][idx]
+    impl = "cce" if x["hidden"].is_cuda else "torch_compile"
+    return lambda: linear_cross_entropy(x["hidden"][idx], x["weight"], y, impl=impl)
 
 
 def row_liger_triton(x: dict) -> Callable[[], torch.Tensor]:
@@ -165,7 +180,7 @@ def fmt_row(rec: dict) -> str:
     if "error" in rec:
         return f"{head} {rec['error'][:60]}"
     cols = [rec[k] for k in ("median_ms", "p20_ms", "p80_ms", "peak_mib", "floor_ms")]
-    return head + "".join(f" {c:>9.1f}" for c in cols)
+    return head + "".join(f" {c:>9.1f}" for c in cols) + f" {rec['x_floor']:>8.2f}×"
 
 
 def version(pkg: str) -> str | None:
@@ -178,26 +193,40 @@ def version(pkg: str) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full", action="store_true", help="the whole GPU grid (default on CUDA)")
+    ap.add_argument("--target", action="store_true", help="only the target shape (GPU: V=151936, H=1536)")
+    ap.add_argument(
+        "--smoke", action="store_true", help="one tiny shape: checks the plumbing, measures nothing"
+    )
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = device == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32  # CPU: the trainer's fp32 path
-    grid = list(itertools.product(*GPU_GRID.values())) if gpu or args.full else CPU_GRID
+    if args.smoke:
+        grid = SMOKE
+    elif args.target:
+        grid = GPU_TARGET if gpu else CPU_GRID[-1:]
+    else:
+        grid = list(itertools.product(*GPU_GRID.values())) if gpu or args.full else CPU_GRID
     rows = {"naive torch": row_naive, "liger chunked": row_liger_chunked, "r3fast torch": row_r3fast("torch")}
     if gpu:
-        rows |= {"liger triton (logits)": row_liger_triton, "r3fast triton": row_r3fast("triton")}
+        rows |= {
+            "liger triton (logits)": row_liger_triton,
+            "cce (log-probs only)": row_cce,
+            "r3fast triton": row_r3fast("triton"),
+            "r3fast triton_atomic": row_r3fast("triton_atomic"),
+        }
     load_before = os.getloadavg()  # a shared CPU box skews timings: record how busy it was
     rate = matmul_tflops(dtype, device)
     results = []
     print(f"{device_name(device)}  {dtype}  matmul {rate:.2f} TFLOP/s")
-    cols = ("N", "frac", "V", "H", "row", "median ms", "p20 ms", "p80 ms", "peak MiB", "floor ms")
+    cols = ("N", "frac", "V", "H", "row", "median ms", "p20 ms", "p80 ms", "peak MiB", "floor ms", "/floor")
     print("{:>6} {:>5} {:>7} {:>5} {:<22}".format(*cols[:5]) + "".join(f" {c:>9}" for c in cols[5:]))
     for n, frac, v, h in grid:
         x = make_inputs(n, frac, v, h, dtype, device)
         m = int(x["mask"].sum())  # host-device sync
-        floor_ms = 6 * m * h * v / (rate * 1e12) * 1e3
+        floor_ms = 8 * m * h * v / (rate * 1e12) * 1e3
         big = n * v * h > 1e11  # fewer reps where one iteration takes seconds
         reps = args.reps or (3 if big and not gpu else 10 if gpu else 5)
         for name, make in rows.items():
@@ -208,7 +237,8 @@ def main() -> None:
                 ts = sorted(t * 1e3 for t in time_fwd_bwd(fn, x, reps, warmup=3 if gpu else 0))
                 q = statistics.quantiles(ts, n=5, method="inclusive")
                 rec |= dict(median_ms=statistics.median(ts), p20_ms=q[0], p80_ms=q[3], times_ms=ts)
-            except (RuntimeError, ImportError) as e:  # e.g. out of memory for the naive row
+                rec["x_floor"] = rec["median_ms"] / floor_ms
+            except (RuntimeError, ImportError, ValueError) as e:  # e.g. out of memory (naive), no CUDA
                 rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 if gpu:
                     torch.cuda.empty_cache()
@@ -225,13 +255,19 @@ def main() -> None:
         loadavg_before=load_before,
         loadavg_after=os.getloadavg(),
         versions=dict(
-            torch=torch.__version__, triton=version("triton"), liger_kernel=version("liger-kernel")
+            torch=torch.__version__,
+            triton=version("triton"),
+            liger_kernel=version("liger-kernel"),
+            cut_cross_entropy=version("cut-cross-entropy"),
+            cuda=torch.version.cuda,
         ),
+        floor="8·M·H·V FLOPs at matmul_tflops",
         peak_memory_method="cuda max_memory_allocated" if gpu else "torch.profiler allocator events",
         results=results,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"span_loss_{slug}_{today.replace('-', '')}.json"  # like the other results
+    tag = "_smoke" if args.smoke else "_target" if args.target else ""
+    path = args.out / f"span_loss_{slug}_{today.replace('-', '')}{tag}.json"  # like the other results
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}")
 

@@ -191,20 +191,31 @@ def _span_bwd_kernel(
 
 
 # ---- configs --------------------------------------------------------------------------------------
-# Interpreter: one small config (numpy runs it serially). GPU: a few tile shapes, autotuned per
-# (V, H, dtypes, S) and pruned by an estimate of their shared memory before any is compiled, so a
-# config that cannot fit is never tried (Triton would otherwise drop it silently after a failed
-# compile). The forward's BLOCK_M is fixed: the split count S is derived from it before launch.
+# Interpreter: one small config (numpy runs it serially). GPU: a few tiles per kernel, autotuned per
+# (V, H, dtypes, S, precision). Tiles are (BLOCK_M, BLOCK_V, BLOCK_K, num_warps, num_stages), listed
+# apart for 16-bit and fp32 operands, and chosen from a ptxas sweep for sm_90a (Triton 3.9, V = 151936,
+# H = 1536; `benchmarks/ptxas_sweep.py`): each compiles with no register spills (fp32: the fewest) and
+# within an H100's shared memory. 64×128×64 tiles at 4 warps, the old default, spilled 276–2388 bytes.
+# Before tuning, configs are pruned by an estimate of their shared memory against the GPU's limit, so a
+# config that cannot fit is never compiled (Triton would drop it silently after a failed compile).
+# The forward's BLOCK_M is fixed: the split count S is derived from it before the launch.
 FWD_BLOCK_M = 32 if INTERPRET else 64
 _FIXED = dict(BLOCK_V=64, BLOCK_K=32)
-_FWD_TILES = [(128, 64, 4, 3), (256, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)]  # BLOCK_V, BLOCK_K, w, s
-_BWD_TILES = [(64, 128, 64, 4, 3), (128, 128, 64, 8, 3), (64, 64, 64, 4, 4), (32, 128, 64, 4, 3)]
+FWD_TILES = {
+    16: [(64, 128, 64, 8, 3), (64, 128, 64, 8, 4), (64, 256, 32, 8, 3), (64, 128, 32, 4, 3)],
+    32: [(64, 64, 32, 8, 3), (64, 128, 32, 8, 3)],
+}
+BWD_TILES = {
+    16: [(64, 128, 32, 8, 3), (64, 64, 64, 8, 3), (128, 64, 32, 8, 3), (64, 64, 32, 8, 3)],
+    32: [(64, 64, 32, 8, 3), (32, 64, 32, 8, 3)],
+}
 
 
 def smem_bytes(block_m: int, block_v: int, block_k: int, stages: int, elem: int) -> int:
-    """Shared memory of one program: `stages` buffered (h, W) k-slices, plus a [BLOCK_M, BLOCK_V]
-    fp32 tile staged for the layout change between the logit dot and the dz dots."""
-    return stages * (block_m + block_v) * block_k * elem + block_m * block_v * 4
+    """Shared memory of one program, an upper estimate: `stages` buffered (h, W) k-slices plus a
+    [BLOCK_M, BLOCK_V] fp32 tile staged between the dots; fp32 operands × 1.5 (3×tf32 splits them)."""
+    tiles = stages * (block_m + block_v) * block_k * elem * (1.5 if elem == 4 else 1)
+    return int(tiles) + block_m * block_v * 4
 
 
 def _smem_limit() -> int:
@@ -212,43 +223,43 @@ def _smem_limit() -> int:
     return triton.runtime.driver.active.utils.get_device_properties(dev)["max_shared_mem"]
 
 
-def _prune(configs, named_args, **_):
-    """Keep the configs whose shared memory fits this GPU (fp32 tiles take twice the bytes)."""
-    elem = named_args["h_ptr"].element_size()
-    limit = _smem_limit()
-    keep = [
-        c
-        for c in configs
-        if smem_bytes(
-            c.kwargs.get("BLOCK_M", FWD_BLOCK_M), c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_stages, elem
-        )
-        <= limit
+def autotuned(kernel, tiles: dict[int, list[tuple]], key: list[str], **kw):
+    """`kernel` autotuned over `tiles`; a launch tries only the tiles of its operand width (16 or 32
+    bits) whose shared memory fits this GPU."""
+    pairs = [
+        (bits, triton.Config(dict(BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk), num_warps=w, num_stages=s))
+        for bits in (16, 32)
+        for bm, bv, bk, w, s in tiles[bits]
     ]
-    return keep or [min(configs, key=lambda c: c.kwargs["BLOCK_V"] * c.kwargs["BLOCK_K"] * c.num_stages)]
+    width = {id(c): bits for bits, c in pairs}
+
+    def prune(configs, named_args, **_):
+        elem = named_args["h_ptr"].element_size()
+        mine = [c for c in configs if width[id(c)] == (32 if elem == 4 else 16)]
+        limit = _smem_limit()
+        kb = lambda c: smem_bytes(
+            c.kwargs["BLOCK_M"], c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_stages, elem
+        )
+        return [c for c in mine if kb(c) <= limit] or [min(mine, key=kb)]
+
+    return triton.autotune(
+        [c for _, c in pairs], key=key, prune_configs_by={"early_config_prune": prune}, **kw
+    )(kernel)
 
 
-def autotuned(kernel, configs, key, **kw):
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _prune}, **kw)(kernel)
+def _fwd_tiles() -> dict[int, list[tuple]]:
+    return {bits: [t for t in ts if t[0] == FWD_BLOCK_M] for bits, ts in FWD_TILES.items()}
 
 
 if INTERPRET:
     _fwd, _bwd = _span_fwd_kernel, _span_bwd_kernel
-    _fwd_meta, _bwd_meta = _FIXED, {**_FIXED, "BLOCK_M": 32}
+    _fwd_meta, _bwd_meta = {**_FIXED, "BLOCK_M": FWD_BLOCK_M}, {**_FIXED, "BLOCK_M": 32}
 else:
-    _fwd = autotuned(
-        _span_fwd_kernel,
-        [
-            triton.Config(dict(BLOCK_V=bv, BLOCK_K=bk), num_warps=w, num_stages=s)
-            for bv, bk, w, s in _FWD_TILES
-        ],
-        key=["V", "H", "S", "PRECISION"],
-    )
+    # the forward's BLOCK_M comes from the launch (FWD_BLOCK_M), not from the tuner
+    _fwd = autotuned(_span_fwd_kernel, _fwd_tiles(), key=["V", "H", "S", "PRECISION"])
     _bwd = autotuned(
         _span_bwd_kernel,
-        [
-            triton.Config(dict(BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk), num_warps=w, num_stages=s)
-            for bm, bv, bk, w, s in _BWD_TILES
-        ],
+        BWD_TILES,
         key=["V", "H", "PRECISION", "COMPUTE_DW"],
         reset_to_zero=["dh_ptr", "dw_ptr"],  # tuning runs every config into the same accumulators
     )
@@ -275,7 +286,7 @@ def triton_forward(
         fp32_dot, precision = dot_mode(hidden.dtype)
         _fwd[(triton.cdiv(m, FWD_BLOCK_M), s)](
             hidden, weight, idx, targets, part, m, *hidden.stride(), *weight.stride(), 1.0 / temperature,
-            V=v, H=hdim, S=s, BLOCK_M=FWD_BLOCK_M, FP32_DOT=fp32_dot, PRECISION=precision, **_fwd_meta,
+            V=v, H=hdim, S=s, FP32_DOT=fp32_dot, PRECISION=precision, **_fwd_meta,
         )  # fmt: skip
     mx, run_sum, run_zsum, zy = part
     top = mx.amax(0)  # [M]

@@ -310,3 +310,31 @@ def test_cuda_triton_matches_torch_path_large(seed):
     for what, a, b in zip(["logp", "entropy", "d hidden", "d weight"], *outs.values(), strict=True):
         rel = ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
         assert rel <= 1e-2, f"{what}: triton vs torch relative error {rel:.3g} ({seed=})"
+
+
+@pytest.mark.parametrize("dtype,bits", [(torch.bfloat16, 16), (torch.float16, 16), (torch.float32, 32)])
+def test_autotune_prunes_by_operand_width_and_shared_memory(monkeypatch, dtype, bits):
+    """A launch tunes only the tiles listed for its operand width that fit the GPU's shared memory
+    (and the smallest one when none fits): no config is compiled only to be dropped."""
+    import r3fast.kernels.span_loss_triton as k
+
+    tuner = k.autotuned(k._span_bwd_kernel, k.BWD_TILES, key=["V", "H"])
+    args = {"h_ptr": torch.zeros(2, 2, dtype=dtype)}
+    tile = lambda c: (
+        c.kwargs["BLOCK_M"],
+        c.kwargs["BLOCK_V"],
+        c.kwargs["BLOCK_K"],
+        c.num_warps,
+        c.num_stages,
+    )
+    monkeypatch.setattr(k, "_smem_limit", lambda: 227 * 1024)
+    assert [tile(c) for c in tuner.early_config_prune(tuner.configs, args)] == k.BWD_TILES[bits]
+    elem = torch.finfo(dtype).bits // 8
+    need = sorted(k.smem_bytes(bm, bv, bk, s, elem) for bm, bv, bk, _, s in k.BWD_TILES[bits])
+    monkeypatch.setattr(k, "_smem_limit", lambda: need[0])  # only the smallest tile fits
+    kept = [tile(c) for c in tuner.early_config_prune(tuner.configs, args)]
+    assert len(kept) == sum(n <= need[0] for n in need) and all(
+        k.smem_bytes(bm, bv, bk, s, elem) <= need[0] for bm, bv, bk, _, s in kept
+    )
+    monkeypatch.setattr(k, "_smem_limit", lambda: 1024)  # nothing fits: the smallest, not an empty list
+    assert len(tuner.early_config_prune(tuner.configs, args)) == 1

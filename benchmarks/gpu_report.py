@@ -1,0 +1,168 @@
+"""The GPU suite's record (`.ci/gpu`): the machine it ran on, and a markdown summary of its results.
+
+    python benchmarks/gpu_report.py env DIR/env.json         # GPU, driver, versions, date, commit
+    python benchmarks/gpu_report.py summary DIR [--seconds S]  # DIR/summary.md from DIR's XML + JSON
+
+The summary holds the test counts (and every failure with its message), the span-loss table with its
+targets (≥ 2× faster than Liger's fused-linear GRPO loss, ≤ 0.2× its peak memory, within 1.5× of the
+matmul floor) and the learner-step table (MFU ≥ 40 %, ≥ 3× TRL's step), each marked met or missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import xml.etree.ElementTree as ET
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "triton", "transformers", "liger-kernel", "cut-cross-entropy", "trl", "peft")
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment() -> dict:
+    import torch
+
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    gpu = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    return dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        nvidia_smi=gpu or None,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        commit=_run(["git", "rev-parse", "HEAD"]) or None,
+        versions=versions,
+    )
+
+
+def junit(path: Path) -> dict:
+    """Counts and failures of one pytest JUnit XML file."""
+    if not path.is_file():
+        return {"missing": True}
+    root = ET.parse(path).getroot()
+    cases = root.iter("testcase")
+    out = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+    for case in cases:
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if bad is not None:
+            out["failed"] += 1
+            out["failures"].append((name, (bad.get("message") or "")[:300]))
+        elif case.find("skipped") is not None:
+            out["skipped"] += 1
+        else:
+            out["passed"] += 1
+    return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else "met" if ok else "**missed**"
+
+
+def span_loss_section(records: list[dict]) -> list[str]:
+    lines = ["| N | V | H | row | median ms | peak MiB | × floor |", "|---:|---:|---:|---|---:|---:|---:|"]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['N']} | {r['V']} | {r['H']} | {r['row']} | {r['error'][:80]} | | |")
+        else:
+            lines.append(
+                f"| {r['N']} | {r['V']} | {r['H']} | {r['row']} | {r['median_ms']:.2f} | "
+                f"{r['peak_mib']:.0f} | {r['x_floor']:.2f} |"
+            )
+    by = {r["row"]: r for r in records if "error" not in r}
+    ours, liger = by.get("r3fast triton"), by.get("liger chunked")
+    if ours and liger:
+        speed, mem = liger["median_ms"] / ours["median_ms"], ours["peak_mib"] / max(liger["peak_mib"], 1e-9)
+        lines += [
+            "",
+            f"- r3fast triton vs Liger fused-linear GRPO: {speed:.2f}× faster (target ≥ 2×: "
+            f"{_verdict(speed >= 2)}), {mem:.3f}× its peak memory (target ≤ 0.2×: {_verdict(mem <= 0.2)})",
+            f"- r3fast triton at {ours['x_floor']:.2f}× the matmul floor (target ≤ 1.5×: "
+            f"{_verdict(ours['x_floor'] <= 1.5)})",
+        ]
+    return lines
+
+
+def learner_section(report: dict) -> list[str]:
+    rows = report.get("rows") or report.get("results") or []
+    if not rows:
+        return ["(no rows)"]
+    keys = [
+        k for k in rows[0] if isinstance(rows[0][k], int | float | str) and not isinstance(rows[0][k], bool)
+    ]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, value in (report.get("targets") or {}).items():
+        lines.append(f"- {name}: {value}")
+    return lines
+
+
+def summary(out: Path, seconds: float | None) -> str:
+    env = json.loads((out / "env.json").read_text()) if (out / "env.json").is_file() else {}
+    lines = [
+        f"# GPU suite — {env.get('gpu') or 'no GPU (dry run)'}",
+        "",
+        f"- date: {env.get('date')}; commit {env.get('commit')}; wall time {seconds or 0:.0f} s",
+        f"- nvidia-smi: {env.get('nvidia_smi')}; CUDA {env.get('cuda')}; Python {env.get('python')}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v),
+        "",
+        "## Tests",
+        "",
+    ]
+    for label, name in (
+        ("kernel tests (all, on CUDA)", "tests_kernels.xml"),
+        ("CUDA-marked", "tests_cuda.xml"),
+    ):
+        t = junit(out / name)
+        if t.get("missing"):
+            lines.append(f"- {label}: did not run")
+            continue
+        lines.append(f"- {label}: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
+        lines += [f"  - FAILED `{n}`: {m}" for n, m in t["failures"]]
+    for path in sorted(out.glob("span_loss_*.json")):
+        rep = json.loads(path.read_text())
+        lines += ["", f"## Span loss fwd+bwd ({path.name}; {rep['dtype']}, matmul {rep['matmul_tflops']:.0f} "
+                  "TFLOP/s measured)", ""]  # fmt: skip
+        lines += span_loss_section(rep["results"])
+    for path in sorted(out.glob("vs_trl_*.json")):
+        lines += ["", f"## Learner step ({path.name})", ""]
+        lines += learner_section(json.loads(path.read_text()))
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("env")
+    p.add_argument("path", type=Path)
+    p = sub.add_parser("summary")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--seconds", type=float, default=None)
+    args = ap.parse_args()
+    if args.cmd == "env":
+        args.path.write_text(json.dumps(environment(), indent=1))
+    else:
+        print(summary(args.dir, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
