@@ -148,8 +148,9 @@ class LossConfig(_Section):
     """Lower clip range of the importance ratio."""
     eps_high: float = 0.2
     """Upper clip range of the importance ratio."""
-    impl: Literal["auto", "triton", "torch"] = "auto"
-    """Span-loss implementation."""
+    impl: Literal["auto", "triton", "triton_atomic", "triton_splitv", "torch"] = "auto"
+    """Span-loss implementation: auto (triton on CUDA, else torch); triton = Triton forward + split-V
+    backward (deterministic); triton_atomic = the tiled backward with fp32 atomics; torch = chunked."""
 
     def _check(self) -> None:
         self._need("beta", self.beta >= 0, ">= 0")
