@@ -4,7 +4,7 @@
 of packed rows, from final hidden states and the lm_head weight, without [M, V] logits.
 """
 
-from .loss_terms import SpanLossOutput
+from .loss_terms import LOSS_TYPES, LossType, SpanLossOutput
 from .span_loss import span_grpo_loss, span_logprobs
 
-__all__ = ["SpanLossOutput", "span_grpo_loss", "span_logprobs"]
+__all__ = ["LOSS_TYPES", "LossType", "SpanLossOutput", "span_grpo_loss", "span_logprobs"]

@@ -122,12 +122,36 @@ def dapo_weights(
     return _uniform(m, max(m, 1) if num_items is None else num_items, device)
 
 
-REDUCTIONS: dict[str, Weights] = {
-    "grpo": grpo_weights,
-    "bnpo": bnpo_weights,
-    "dr_grpo": dr_grpo_weights,
-    "dapo": dapo_weights,
+@dataclass(frozen=True)
+class LossType:
+    """Everything one loss type decides, in one place (TRL's definitions):
+
+    weights       w [M] of one micro-batch: loss = Σ_t w_t·L_t
+    step_items    the whole optimiser step's denominator from (sequences, span tokens, the span-length
+                  cap), so that micro-batch (and rank) losses add up to the step's; None: local only
+    mean_of_micro_batches  the step loss is the mean of the micro-batch losses (bnpo normalises each
+                  micro-batch on its own), not their sum
+    """
+
+    name: str
+    weights: Weights
+    step_items: Callable[[int, int, int], float | None]
+    mean_of_micro_batches: bool = False
+
+
+LOSS_TYPES: dict[str, LossType] = {
+    t.name: t
+    for t in (
+        LossType("grpo", grpo_weights, lambda seqs, tokens, cap: seqs),
+        LossType("bnpo", bnpo_weights, lambda seqs, tokens, cap: None, mean_of_micro_batches=True),
+        LossType("dr_grpo", dr_grpo_weights, lambda seqs, tokens, cap: seqs * cap),
+        LossType("dapo", dapo_weights, lambda seqs, tokens, cap: tokens),
+    )
 }
+
+
+REDUCTIONS = {name: t.weights for name, t in LOSS_TYPES.items()}  # kept for kernels/reference.py until it
+# is rewritten independently (issue 12)
 
 
 def reduce_span_loss(

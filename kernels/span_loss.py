@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .loss_terms import REDUCTIONS, SpanLossOutput, reduce_span_loss
+from .loss_terms import LOSS_TYPES, SpanLossOutput, reduce_span_loss
 from .span_loss_torch import SpanLogp, torch_span_logp
 
 Tensor = torch.Tensor
@@ -84,8 +84,8 @@ def _check_inputs(hidden, weight, targets, mask, advantages, seq_ids) -> None:
 
 
 def _check_scalars(beta, eps_low, eps_high, temperature, loss_type, ref_logp, num_items) -> None:
-    if loss_type not in REDUCTIONS:
-        raise ValueError(f"loss_type must be one of {sorted(REDUCTIONS)}, got {loss_type!r}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {sorted(LOSS_TYPES)}, got {loss_type!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if beta < 0 or eps_low < 0 or eps_high < 0:
@@ -159,7 +159,7 @@ def span_grpo_loss(
         beta=float(beta),
         eps_low=float(eps_low),
         eps_high=float(eps_high),
-        weights=REDUCTIONS[loss_type],
+        weights=LOSS_TYPES[loss_type].weights,
         num_items=num_items,
     )
 

@@ -9,7 +9,7 @@ import torch
 
 from .config import LossConfig
 from .data import PackedBatch, StepPlan, forward_hidden
-from .kernels import span_grpo_loss, span_logprobs
+from .kernels import LOSS_TYPES, span_grpo_loss, span_logprobs
 
 __all__ = ["SpanLoss", "check_supported", "lm_head_weight"]
 
@@ -47,12 +47,13 @@ class SpanLoss:
 
     def num_items(self, plan: StepPlan) -> float | None:
         """The whole optimiser step's denominator, so micro-batch losses add up to the step loss."""
-        return {
-            "dapo": plan.num_span_tokens,
-            "grpo": plan.num_sequences,
-            "dr_grpo": plan.num_sequences * self.max_span_tokens,
-            "bnpo": None,  # TRL's bnpo normalises per micro-batch
-        }[self.cfg.loss_type]
+        return LOSS_TYPES[self.cfg.loss_type].step_items(
+            plan.num_sequences, plan.num_span_tokens, self.max_span_tokens
+        )
+
+    def micro_batch_scale(self, num_rows: int) -> float:
+        """Factor on each micro-batch's loss: 1/rows where the step averages micro-batches (bnpo)."""
+        return 1.0 / num_rows if LOSS_TYPES[self.cfg.loss_type].mean_of_micro_batches else 1.0
 
     @torch.no_grad()
     def logprobs(self, model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
