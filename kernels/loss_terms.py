@@ -54,10 +54,16 @@ def per_token_loss(
     beta: float,
     eps_low: float,
     eps_high: float,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """L_t, kl_t (detached) and the clip mask for the masked tokens. All [M]."""
+    """L_t, kl_t (detached) and the clip mask for the masked tokens. All [M].
+
+    is_weights [M]: importance weights correcting for the sampler/learner mismatch; like TRL they
+    scale the clipped surrogate only, not the KL term."""
     old = logp.detach() if old_logp is None else old_logp
     loss, active = clipped_surrogate(logp, old, adv, eps_low, eps_high)
+    if is_weights is not None:
+        loss = loss * is_weights
     if ref_logp is None:
         return loss, torch.zeros_like(logp).detach(), active
     kl = k3_kl(logp, ref_logp)
@@ -167,9 +173,10 @@ def reduce_span_loss(
     eps_high: float,
     weights: Weights,
     num_items: float | Tensor | None,
+    is_weights: Tensor | None = None,
 ) -> SpanLossOutput:
     """From logp [M] (carrying the graph back to h and W) to the scalar loss and the log outputs."""
-    loss_t, kl, active = per_token_loss(logp, old_logp, ref_logp, adv, beta, eps_low, eps_high)
+    loss_t, kl, active = per_token_loss(logp, old_logp, ref_logp, adv, beta, eps_low, eps_high, is_weights)
     w = weights(logp.numel(), seq, num_items, logp.device)
     loss = (loss_t * w.to(loss_t.dtype)).sum()  # an empty sum is 0 and keeps the graph (zero grads for M = 0)
     clip_frac = active.float().mean() if active.numel() else torch.zeros((), device=logp.device)

@@ -130,6 +130,7 @@ def span_grpo_loss(
     loss_type: str = "dapo",
     seq_ids: Tensor | None = None,
     num_items: float | Tensor | None = None,
+    is_weights: Tensor | None = None,
     impl: str = "auto",
 ) -> SpanLossOutput:
     """GRPO loss on the masked positions of packed rows, without materialising [M, V] logits.
@@ -137,7 +138,8 @@ def span_grpo_loss(
     hidden [N, H], weight [V, H] (lm_head), targets [N] next-token ids, mask [N] bool (positions
     predicting a reflection token), advantages [N]; old_logp / ref_logp [M] (masked positions, in
     order) or [N]; seq_ids [N] sequence id of each position (needed by "grpo"); num_items: the
-    global denominator across micro-batches and ranks (see `loss_terms.py`); impl: "auto"
+    global denominator across micro-batches and ranks (see `loss_terms.py`); is_weights [M] or [N]:
+    importance weights on the clipped surrogate (sampler/learner correction, TRL's placement); impl: "auto"
     (Triton on CUDA, else torch), "triton" or "torch". Returns a `SpanLossOutput`.
     """
     fn = _logp_fn(impl, hidden)
@@ -146,7 +148,7 @@ def span_grpo_loss(
     n = hidden.shape[0]
     idx, y = _masked_rows(mask, targets, weight.shape[0])
     m = idx.numel()
-    for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp)):
+    for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("is_weights", is_weights)):
         _check_vector(name, x, n, m, _FLOATS + (torch.float64,), hidden.device)
     logp, entropy = fn(hidden, weight, idx, y, float(temperature))
     return reduce_span_loss(
@@ -161,6 +163,7 @@ def span_grpo_loss(
         eps_high=float(eps_high),
         weights=LOSS_TYPES[loss_type].weights,
         num_items=num_items,
+        is_weights=_at_mask(is_weights, idx, n),
     )
 
 
