@@ -8,6 +8,7 @@ import random
 from .mining import mine_failures, read_failures
 from .rollout import Failure
 from .sampling import Sampler, SamplingParams
+from .seeds import seed_for
 
 __all__ = ["FailureSource"]
 
@@ -36,7 +37,7 @@ class FailureSource:
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.pool)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        random.Random(seed_for(self.seed, "failure-order", epoch)).shuffle(order)
         return order
 
     def _take(self, k: int) -> list:
@@ -68,7 +69,7 @@ class FailureSource:
                     temperature=params.temperature,
                     top_p=params.top_p,
                     max_new_tokens=params.max_new_tokens,
-                    seed=None if params.seed is None else params.seed + 7919 * round_,
+                    seed=None if params.seed is None else seed_for(params.seed, "mine-round", round_),
                 ),
             )
             found += [Failure(example=r["example"], attempt=r["attempt"]) for r in res.records]

@@ -6,6 +6,7 @@ import dataclasses
 
 from .progress import progress_bar
 from .sampling import Completion, Sampler, SamplingParams
+from .seeds import seed_for
 
 __all__ = ["generate_chunked"]
 
@@ -19,7 +20,7 @@ def generate_chunked(
     desc: str = "generate",
     progress: bool = True,
 ) -> list[list[Completion]]:
-    """`sampler.generate` over `chunk_size` prompts at a time, chunk k seeded with `params.seed + k`.
+    """`sampler.generate` over `chunk_size` prompts at a time, chunk k seeded from its own stream.
 
     Seeding per chunk keeps the result independent of how far a previous run got, so a
     resumed job draws the same samples.
@@ -27,7 +28,7 @@ def generate_chunked(
     out: list[list[Completion]] = []
     bar = progress_bar(total=len(prompts), desc=desc, unit="prompts", enabled=progress, leave=False)
     for k, start in enumerate(range(0, len(prompts), chunk_size)):
-        seed = None if params.seed is None else params.seed + k
+        seed = None if params.seed is None else seed_for(params.seed, "chunk", k)
         out.extend(
             sampler.generate(prompts[start : start + chunk_size], dataclasses.replace(params, seed=seed))
         )

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..seeds import seed_for
 from .packing import PackedBatch, StepPlan, TrainSequence, pack_sequences, plan_step
 from .prefix import pack_groups
 
@@ -34,9 +35,8 @@ class LoaderConfig:
 
 
 def step_seed(seed: int, step: int) -> int:
-    """A 63-bit seed for one step, independent across (seed, step) pairs."""
-    digest = hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    """The packing order's seed for one step."""
+    return seed_for(seed, "pack", step)
 
 
 def _fingerprint(seqs: Sequence[TrainSequence]) -> str:
