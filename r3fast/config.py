@@ -152,10 +152,21 @@ class LossConfig(_Section):
     """Span-loss implementation: auto (triton on CUDA, else torch); triton = Triton forward + split-V
     backward (deterministic); triton_atomic = the tiled backward with fp32 atomics; torch = chunked."""
 
+    num_iterations: int = 1
+    """μ (TRL's name): optimiser steps per rollout batch. μ > 1 reuses the batch; the learner's own
+    log-probs before the first update are the "old" policy, so ratio and clip act."""
+    is_correction: Literal["none", "token_tis", "sequence_mis"] = "none"
+    """Sampler/learner mismatch correction: token_tis weights each token's surrogate by
+    min(π_old/π_sampler, is_cap); sequence_mis drops sequences whose ratio leaves [1/is_cap, is_cap]."""
+    is_cap: float = 3.0
+    """The cap c of is_correction (TRL's default: 3)."""
+
     def _check(self) -> None:
         self._need("beta", self.beta >= 0, ">= 0")
         self._need("eps_low", 0 <= self.eps_low < 1, "in [0, 1)")
         self._need("eps_high", self.eps_high >= 0, ">= 0")
+        self._need("num_iterations", self.num_iterations >= 1, ">= 1")
+        self._need("is_cap", self.is_cap > 1, "> 1")
 
 
 @dataclass(kw_only=True)

@@ -75,7 +75,11 @@ class SpanLoss:
         plan: StepPlan,
         *,
         ref_logp: torch.Tensor | None = None,
+        old_logp: torch.Tensor | None = None,
+        is_weights: torch.Tensor | None = None,
     ):
+        """(SpanLossOutput, attention backend) of one packed row. ref_logp / old_logp / is_weights:
+        [M] per span token (reference policy, old policy for the ratio, importance weights)."""
         hidden, backend = forward_hidden(model, batch)
         out = span_grpo_loss(
             hidden,
@@ -84,6 +88,8 @@ class SpanLoss:
             batch.span_mask,
             batch.advantages,
             ref_logp=ref_logp,
+            old_logp=old_logp,
+            is_weights=is_weights,
             beta=self.cfg.beta,
             eps_low=self.cfg.eps_low,
             eps_high=self.cfg.eps_high,

@@ -176,7 +176,7 @@ def to_sequences(groups: list[Group]) -> list[TrainSequence]:
                 continue  # nothing sampled, nothing to train
             seqs.append(
                 TrainSequence.from_parts(
-                    g.prompt_ids, c.token_ids, adv, group_id=gid, old_logp=list(c.logprobs)
+                    g.prompt_ids, c.token_ids, adv, group_id=gid, sampler_logp=list(c.logprobs)
                 )
             )
     return seqs

@@ -21,10 +21,11 @@ import torch
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
-from .data import LoaderConfig, StepLoader, TrainSequence, pack_sequences, plan_step, use_packed_attention
+from .data import TrainSequence, pack_sequences, pack_step, plan_step, use_packed_attention
 from .evaluate import EvalResult, evaluate, format_eval_table
 from .failures import FailureSource
 from .guard import NonFiniteGuard
+from .learner import Learner
 from .loss import SpanLoss, check_supported
 from .metrics import MetricsLogger, peak_memory_mb, read_metrics
 from .models import load_model, resolve_device
@@ -34,6 +35,7 @@ from .report import four_column_table, write_report
 from .rollout import rollout, to_sequences
 from .rundir import check_resume_config, prepare_run_dir
 from .sampling import HFSampler, Sampler, SamplingParams, VLLMSampler
+from .seeds import seed_for
 from .tasks import get_task
 
 __all__ = ["R3Trainer"]
@@ -96,6 +98,19 @@ class R3Trainer:
         )
         self.callbacks = callbacks or []
         self.guard = NonFiniteGuard(config.trainer.max_nonfinite_steps)
+        lc = config.loss
+        self.learner = Learner(
+            model=self.model,
+            ref_model=self.ref_model,
+            loss=self.loss,
+            optimizer=self.optimizer,
+            guard=self.guard,
+            device=self.device,
+            grad_clip=config.optim.grad_clip,
+            num_iterations=lc.num_iterations,
+            is_correction=lc.is_correction,
+            is_cap=lc.is_cap,
+        )
         self.step = 0
         self.resumed = resume
         ckpt = latest_checkpoint(self.run_dir) if resume else None
@@ -184,17 +199,13 @@ class R3Trainer:
             seed=seed,
         )
 
-    def _step_seed(self, step: int) -> int:
-        # A pure function of (seed, step): a resumed run samples exactly what the straight run did.
-        return self.cfg.trainer.seed * 1_000_003 + step * 10_007
-
     # ---------------------------------------------------------------- evaluation
 
     def evaluate(self, n: int | None = None) -> EvalResult:
         n = self.cfg.trainer.eval_n if n is None else n
         examples = self.task.dataset(n, seed=self.cfg.trainer.seed, split="eval")
         t = self.cfg.trainer.eval_temperature
-        seed = self.cfg.trainer.seed + 17
+        seed = self.cfg.trainer.seed
         self.sampler.wake()
         try:
             return evaluate(
@@ -202,8 +213,12 @@ class R3Trainer:
                 self.tokenizer,
                 self.task,
                 examples,
-                answer_params=self._params(reflection=False, seed=seed, temperature=t),
-                reflection_params=self._params(reflection=True, seed=seed + 1, temperature=t),
+                answer_params=self._params(
+                    reflection=False, seed=seed_for(seed, "eval-answer"), temperature=t
+                ),
+                reflection_params=self._params(
+                    reflection=True, seed=seed_for(seed, "eval-reflect"), temperature=t
+                ),
                 chunk_size=self.cfg.sampler.chunk_size,
                 progress=self.cfg.trainer.progress,
             )
@@ -232,61 +247,27 @@ class R3Trainer:
     # ---------------------------------------------------------------- one step
 
     def _learn(self, seqs) -> dict:
-        """One optimiser step over every packed row of this step's sequences."""
+        """One step's learning: its packed rows (a pure function of seqs, seed, step), then μ updates."""
         d = self.cfg.data
-        cfg = LoaderConfig(max_tokens=d.max_tokens, shared_prefix=d.shared_prefix, seed=self.cfg.trainer.seed)
-        loader = StepLoader(seqs, cfg, step=self.step)  # rows: a pure function of (seqs, seed, step)
-        plan, rows = loader.plan, loader.rows
-        self.model.train()
-        totals = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "span": 0, "tokens": 0}
-        backend = ""
-        # bnpo normalises each micro-batch on its own (TRL); the step averages those.
-        scale = 1.0 / len(rows) if self.loss.num_items(plan) is None else 1.0
-        for row in rows:
-            row = row.to(self.device)
-            ref = self.loss.logprobs(self.ref_model, row) if self.ref_model is not None else None
-            out, backend = self.loss(self.model, row, plan, ref_logp=ref)
-            (out.loss * scale).backward()
-            m = int(row.span_mask.sum())
-            totals["loss"] += float(out.loss.detach()) * scale
-            totals["kl"] += float(out.kl.sum())  # host-device sync, once per row
-            totals["clip"] += float(out.clip_frac) * m
-            totals["entropy"] += float(out.entropy.sum())
-            totals["span"] += m
-            totals["tokens"] += row.num_tokens
-        clip = self.cfg.optim.grad_clip
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
-        # The NaN/Inf guard: a non-finite step leaves weights and optimiser moments as they were.
-        skipped = not self.guard.finite(totals["loss"], grad_norm)
-        if not skipped:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if not skipped:
-            self.guard.check_weights(self.model, f"step {self.step + 1}")
-        span = max(totals["span"], 1)
-        return {
-            "skipped_nonfinite": skipped,
-            "loss": totals["loss"],
-            "kl": totals["kl"] / span,
-            "clip_frac": totals["clip"] / span,
-            "entropy": totals["entropy"] / span,
-            "grad_norm": grad_norm,
-            "rows": len(rows),
-            "tokens": totals["tokens"],
-            "span_tokens": totals["span"],
-            "attention_backend": backend,
-        }
+        plan, rows = pack_step(
+            seqs,
+            max_tokens=d.max_tokens,
+            shared_prefix=d.shared_prefix,
+            seed=self.cfg.trainer.seed,
+            step=self.step,
+        )
+        return self.learner.step(plan, rows, label=f"step {self.step + 1}")
 
     def train_step(self) -> dict:
-        cfg, seed = self.cfg, self._step_seed(self.step)
+        # Every draw of the step from its own named stream: a resumed run samples what the straight run did.
+        cfg, seed, step = self.cfg, self.cfg.trainer.seed, self.step
         t0 = time.perf_counter()
         self.sampler.wake()
         failures = self.source.next(
             cfg.data.failures_per_step,
             sampler=self.sampler,
             tokenizer=self.tokenizer,
-            params=self._params(reflection=False, seed=seed + 3),
+            params=self._params(reflection=False, seed=seed_for(seed, "mine", step)),
             progress=cfg.trainer.progress,
         )
         result = rollout(
@@ -295,8 +276,8 @@ class R3Trainer:
             self.task,
             failures,
             group_size=cfg.sampler.group_size,
-            reflection_params=self._params(reflection=True, seed=seed),
-            answer_params=self._params(reflection=False, seed=seed + 1),
+            reflection_params=self._params(reflection=True, seed=seed_for(seed, "reflect", step)),
+            answer_params=self._params(reflection=False, seed=seed_for(seed, "retry", step)),
             chunk_size=cfg.sampler.chunk_size,
             progress=cfg.trainer.progress,
         )

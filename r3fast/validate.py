@@ -93,6 +93,11 @@ def check_train(
         need_package("bitsandbytes")
     if cfg.sampler.backend == "vllm":
         need_package("vllm")
+    if cfg.loss.is_correction != "none" and cfg.sampler.top_p < 1:
+        raise UserError(
+            "loss.is_correction compares the sampler's log-probs with the learner's over the whole "
+            f"vocabulary: it needs sampler.top_p = 1 (got {cfg.sampler.top_p})"
+        )
     if resume and overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: give one")
     check_run_dir(cfg.trainer.output_dir, resume=resume, overwrite=overwrite)

@@ -76,7 +76,7 @@ def random_groups(
                     span_end=len(pre) + len(r),
                     advantage=rng.uniform(-2, 2),
                     group_id=gid,
-                    old_logp=[-rng.random() for _ in r],
+                    sampler_logp=[-rng.random() for _ in r],
                 )
             )
     return seqs
@@ -103,5 +103,5 @@ def test_helpers_build_consistent_sequences() -> None:
     seqs = random_groups(random.Random(0), 3, 4, (5, 9), (2, 6), tail=2)
     assert len(seqs) == 12
     for s in seqs:
-        assert s.span_end == len(s.input_ids) - 2 and len(s.old_logp) == s.span_len
+        assert s.span_end == len(s.input_ids) - 2 and len(s.sampler_logp) == s.span_len
     assert seqs[0].input_ids[: seqs[0].span_start] == seqs[3].input_ids[: seqs[3].span_start]

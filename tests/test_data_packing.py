@@ -111,8 +111,8 @@ def test_too_long_sequence_raises_naming_it() -> None:
 def test_invalid_sequences_rejected() -> None:
     with pytest.raises(ValueError, match="span_start"):
         TrainSequence(input_ids=[1, 2, 3], span_start=0, span_end=3, advantage=0.0)
-    with pytest.raises(ValueError, match="old_logp"):
-        TrainSequence(input_ids=[1, 2, 3], span_start=1, span_end=3, advantage=0.0, old_logp=[0.0])
+    with pytest.raises(ValueError, match="sampler_logp"):
+        TrainSequence(input_ids=[1, 2, 3], span_start=1, span_end=3, advantage=0.0, sampler_logp=[0.0])
 
 
 def test_plan_step() -> None:
@@ -140,7 +140,7 @@ def _seqs(draw):
                 span_start=start,
                 span_end=end,
                 advantage=adv,
-                old_logp=[-float(k) for k in range(end - start)],
+                sampler_logp=[-float(k) for k in range(end - start)],
             )
         )
     return out
@@ -174,8 +174,8 @@ def test_packer_invariants(seqs: list[TrainSequence], budget: int, seed: int | N
             assert r.advantages[a:b].tolist() == [
                 float(torch.tensor(s.advantage)) if m else 0.0 for m in span
             ]
-            olds += s.old_logp
-        assert r.old_logp.tolist() == olds and r.old_logp.numel() == r.num_span_tokens
+            olds += s.sampler_logp
+        assert r.sampler_logp.tolist() == olds and r.sampler_logp.numel() == r.num_span_tokens
 
 
 def test_seeded_packing_is_deterministic() -> None:

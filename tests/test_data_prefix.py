@@ -102,10 +102,10 @@ def test_layout_and_tokens_saved() -> None:
         assert row.targets[span].tolist() == s.input_ids[s.span_start : s.span_end]
         assert (row.advantages[span] == torch.tensor(s.advantage)).all()
         assert (row.advantages[~row.span_mask] == 0).all()
-    # old_logp follows span positions in row order
+    # sampler_logp follows span positions in row order
     order = row.seq_index[row.span_mask]
-    want = torch.cat([torch.tensor(seqs[i].old_logp) for i in order.unique_consecutive().tolist()])
-    torch.testing.assert_close(row.old_logp, want)
+    want = torch.cat([torch.tensor(seqs[i].sampler_logp) for i in order.unique_consecutive().tolist()])
+    torch.testing.assert_close(row.sampler_logp, want)
 
 
 def test_groups_split_to_fit_budget_and_prefixes_checked() -> None:
@@ -140,7 +140,7 @@ def _groups(draw):
                     span_end=len(ids),
                     advantage=adv,
                     group_id=gid,
-                    old_logp=old,
+                    sampler_logp=old,
                 )
             )
     return seqs
@@ -154,13 +154,13 @@ def test_pack_groups_invariants(seqs: list[TrainSequence], budget: int, seed: in
     for r in rows:
         assert r.num_tokens <= budget and r.cu_seqlens[-1] == r.num_tokens
         assert r.branch_ids is not None and (r.seq_index[r.branch_ids == 0] == -1).all()
-        olds = r.old_logp.tolist()
+        olds = r.sampler_logp.tolist()
         k = 0
         for t in torch.nonzero(r.span_mask)[:, 0].tolist():
             i = int(r.seq_index[t])
             seen.setdefault(i, []).append(int(r.targets[t]))
             assert float(r.advantages[t]) == seqs[i].advantage and r.branch_ids[t] > 0
-            assert olds[k] == seqs[i].old_logp[len(seen[i]) - 1]
+            assert olds[k] == seqs[i].sampler_logp[len(seen[i]) - 1]
             k += 1
     for i, s in enumerate(seqs):  # every reflection token is a target exactly once, in order
         assert seen.get(i, []) == s.input_ids[s.span_start : s.span_end]

@@ -2,7 +2,7 @@
 
 A packed row concatenates whole sequences; `position_ids` restart at 0 per sequence and
 `cu_seqlens` marks the boundaries, so attention backends can keep every sequence to itself.
-Loss bookkeeping (targets, span mask, advantages, old log-probs) is laid out per token here,
+Loss bookkeeping (targets, span mask, advantages, sampler log-probs) is laid out per token here,
 once, so the loss kernel only ever sees flat `[T]` tensors.
 """
 
@@ -33,8 +33,9 @@ class TrainSequence:
     """GRPO advantage of this sequence's reflection."""
     group_id: int = 0
     """sequences of one group share the prefix `input_ids[:span_start]`."""
-    old_logp: list[float] | None = None
-    """optional sampler/old-policy log-prob of each span token (`span_end - span_start` values)."""
+    sampler_logp: list[float] | None = None
+    """optional log-prob the sampler gave each span token (`span_end - span_start` values): the
+    sampler/learner mismatch correction compares it with the learner's own."""
 
     def __post_init__(self) -> None:
         n = len(self.input_ids)
@@ -43,8 +44,10 @@ class TrainSequence:
                 f"need 1 <= span_start <= span_end <= len(input_ids), got span_start={self.span_start}, "
                 f"span_end={self.span_end}, len(input_ids)={n}"
             )
-        if self.old_logp is not None and len(self.old_logp) != self.span_len:
-            raise ValueError(f"old_logp has {len(self.old_logp)} values, the span has {self.span_len} tokens")
+        if self.sampler_logp is not None and len(self.sampler_logp) != self.span_len:
+            raise ValueError(
+                f"sampler_logp has {len(self.sampler_logp)} values, the span has {self.span_len} tokens"
+            )
 
     @classmethod
     def from_parts(
@@ -54,7 +57,7 @@ class TrainSequence:
         advantage: float,
         *,
         group_id: int = 0,
-        old_logp: list[float] | None = None,
+        sampler_logp: list[float] | None = None,
     ) -> TrainSequence:
         """`prefix + reflection`, the span being exactly the reflection."""
         return cls(
@@ -63,7 +66,7 @@ class TrainSequence:
             span_end=len(prefix) + len(reflection),
             advantage=advantage,
             group_id=group_id,
-            old_logp=old_logp,
+            sampler_logp=sampler_logp,
         )
 
     @property
@@ -86,7 +89,7 @@ class PackedBatch:
     span_mask: torch.Tensor  # [T] bool, position predicts a reflection token
     advantages: torch.Tensor  # [T] float32, sequence advantage on span positions, 0 elsewhere
     seq_index: torch.Tensor  # [T] long, index of the source sequence in the packer's input (-1: padding)
-    old_logp: torch.Tensor | None = None  # [M] float32, M = span_mask.sum(), in span-position order
+    sampler_logp: torch.Tensor | None = None  # [M] float32, M = span_mask.sum(), in span-position order
     # [T] long or None. Set only for shared-prefix rows (prefix.py): 0 = group prefix (trunk),
     # k > 0 = k-th reflection branch of its block, which sees the trunk and itself only.
     branch_ids: torch.Tensor | None = None
@@ -177,9 +180,9 @@ def build_row(seqs: Sequence[TrainSequence], indices: Sequence[int]) -> PackedBa
     src: list[int] = []
     old: list[float] = []
     cu = [0]
-    have_old = [seqs[i].old_logp is not None for i in indices]
-    if any(have_old) and not all(have_old):
-        raise ValueError("old_logp must be given for every sequence of a row or for none")
+    have_sampler = [seqs[i].sampler_logp is not None for i in indices]
+    if any(have_sampler) and not all(have_sampler):
+        raise ValueError("sampler_logp must be given for every sequence of a row or for none")
     for i in indices:
         s = seqs[i]
         n = len(s.input_ids)
@@ -191,8 +194,8 @@ def build_row(seqs: Sequence[TrainSequence], indices: Sequence[int]) -> PackedBa
         span += [lo <= t < hi for t in range(n)]
         adv += [s.advantage if lo <= t < hi else 0.0 for t in range(n)]
         src += [i] * n
-        if s.old_logp is not None:
-            old += s.old_logp
+        if s.sampler_logp is not None:
+            old += s.sampler_logp
         cu.append(cu[-1] + n)
     return PackedBatch(
         input_ids=torch.tensor(ids, dtype=torch.long),
@@ -203,7 +206,7 @@ def build_row(seqs: Sequence[TrainSequence], indices: Sequence[int]) -> PackedBa
         span_mask=torch.tensor(span, dtype=torch.bool),
         advantages=torch.tensor(adv, dtype=torch.float32),
         seq_index=torch.tensor(src, dtype=torch.long),
-        old_logp=torch.tensor(old, dtype=torch.float32) if all(have_old) else None,
+        sampler_logp=torch.tensor(old, dtype=torch.float32) if all(have_sampler) else None,
     )
 
 

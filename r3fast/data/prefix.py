@@ -70,9 +70,9 @@ def build_tree_row(seqs: Sequence[TrainSequence], blocks: Sequence[Sequence[int]
     br: list[int] = []
     old: list[float] = []
     cu = [0]
-    have_old = [seqs[i].old_logp is not None for b in blocks for i in b]
-    if any(have_old) and not all(have_old):
-        raise ValueError("old_logp must be given for every sequence of a row or for none")
+    have_sampler = [seqs[i].sampler_logp is not None for b in blocks for i in b]
+    if any(have_sampler) and not all(have_sampler):
+        raise ValueError("sampler_logp must be given for every sequence of a row or for none")
     for block in blocks:
         head = seqs[block[0]]
         p = head.span_start
@@ -95,8 +95,8 @@ def build_tree_row(seqs: Sequence[TrainSequence], blocks: Sequence[Sequence[int]
             adv += [s.advantage] * (m - 1) + [0.0]
             src += [i] * m
             br += [k] * m
-            if s.old_logp is not None:
-                old += s.old_logp
+            if s.sampler_logp is not None:
+                old += s.sampler_logp
         cu.append(len(ids))
     return PackedBatch(
         input_ids=torch.tensor(ids, dtype=torch.long),
@@ -107,7 +107,7 @@ def build_tree_row(seqs: Sequence[TrainSequence], blocks: Sequence[Sequence[int]
         span_mask=torch.tensor(span, dtype=torch.bool),
         advantages=torch.tensor(adv, dtype=torch.float32),
         seq_index=torch.tensor(src, dtype=torch.long),
-        old_logp=torch.tensor(old, dtype=torch.float32) if all(have_old) else None,
+        sampler_logp=torch.tensor(old, dtype=torch.float32) if all(have_sampler) else None,
         branch_ids=torch.tensor(br, dtype=torch.long),
     )
 
@@ -117,7 +117,7 @@ def pack_groups(
 ) -> list[PackedBatch]:
     """Shared-prefix packing: blocks of one group each (see module doc), first-fit-decreasing into rows.
 
-    Span positions, targets, advantages and old_logp per sequence are the same as pack_sequences';
+    Span positions, targets, advantages and sampler_logp per sequence are the same as pack_sequences';
     only the layout differs (span positions appear in block order) and prefix tokens are stored once.
     """
     if not seqs:
