@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import PackedBatch, StepPlan
+from .data import PackedBatch, StepPlan, TrainSequence, pack_sequences, plan_step
 from .guard import NonFiniteGuard
 from .loss import SpanLoss
 
@@ -80,6 +80,24 @@ class Learner:
         metrics.update(stats, updates=self.num_iterations - skipped)
         metrics["skipped_nonfinite"] = skipped == self.num_iterations
         return metrics
+
+    def peak_bytes(self, max_tokens: int, token_id: int, *, eight_bit: bool = False) -> int:
+        """The learner's CUDA peak, measured: forward + backward of one full token-budget row
+        (weights, reference model, gradients, activations), plus the optimiser's two moments, which
+        are only allocated at the first step (bytes per element from the optimiser kind)."""
+        seq = TrainSequence(
+            input_ids=[token_id] * max_tokens, span_start=1, span_end=max_tokens, advantage=1.0
+        )
+        row = pack_sequences([seq], max_tokens)[0].to(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        if self.ref_model is not None:
+            self.loss.logprobs(self.ref_model, row)
+        out, _ = self.loss(self.model, row, plan_step([seq]))
+        out.loss.backward()
+        peak = torch.cuda.max_memory_reserved(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        per_elem = 2 if eight_bit else 2 * next(self.model.parameters()).element_size()
+        return peak + per_elem * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def _correct(self, rows: list[PackedBatch], old: list[Tensor | None]) -> tuple[list, dict]:
         no_sampler = any(r.sampler_logp is None for r in rows)

@@ -21,7 +21,7 @@ import torch
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
-from .data import TrainSequence, pack_sequences, pack_step, plan_step, use_packed_attention
+from .data import pack_step, use_packed_attention
 from .evaluate import EvalResult, evaluate, format_eval_table
 from .failures import FailureSource
 from .guard import NonFiniteGuard
@@ -87,16 +87,6 @@ class R3Trainer:
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.steps)
         s = config.sampler
         self.loss = SpanLoss(config.loss, temperature=s.temperature, max_span_tokens=s.max_reflection_tokens)
-        self.sampler = self._build_sampler()
-        torch.manual_seed(config.trainer.seed)  # after the sampler: vLLM re-seeds the global generator
-        self.source = FailureSource(
-            task=self.task,
-            path=None if config.data.mines_online else config.data.failures,
-            online=config.data.mines_online,
-            seed=config.trainer.seed,
-            tries=config.data.mine_tries,
-        )
-        self.callbacks = callbacks or []
         self.guard = NonFiniteGuard(config.trainer.max_nonfinite_steps)
         lc = config.loss
         self.learner = Learner(
@@ -111,6 +101,16 @@ class R3Trainer:
             is_correction=lc.is_correction,
             is_cap=lc.is_cap,
         )
+        self.sampler = self._build_sampler()
+        torch.manual_seed(config.trainer.seed)  # after the sampler: vLLM re-seeds the global generator
+        self.source = FailureSource(
+            task=self.task,
+            path=None if config.data.mines_online else config.data.failures,
+            online=config.data.mines_online,
+            seed=config.trainer.seed,
+            tries=config.data.mine_tries,
+        )
+        self.callbacks = callbacks or []
         self.step = 0
         self.resumed = resume
         ckpt = latest_checkpoint(self.run_dir) if resume else None
@@ -150,7 +150,11 @@ class R3Trainer:
             return HFSampler(self.model, self.tokenizer, max_batch_size=s.max_batch_size)
         learner_bytes = None
         if s.gpu_memory_utilization == "auto" and self.device.type == "cuda":
-            learner_bytes = self._measure_learner_bytes()
+            learner_bytes = self.learner.peak_bytes(
+                self.cfg.data.max_tokens,
+                self.tokenizer.eos_token_id,
+                eight_bit=self.cfg.optim.optimizer == "adamw8bit",
+            )
         # vLLM raises VLLMUnavailableError with the reason when it cannot run: no fall-back to HF.
         sampler = VLLMSampler(
             self.cfg.model.name,
@@ -164,27 +168,6 @@ class R3Trainer:
         )
         sampler.sync_weights(self.model)
         return sampler
-
-    def _measure_learner_bytes(self) -> int:
-        """The learner's CUDA peak, measured: forward + backward of one full token-budget row
-        (weights, reference model, gradients, activations), plus the optimiser's two moments,
-        which are only allocated at the first step (bytes per element from the optimiser kind)."""
-        n = self.cfg.data.max_tokens
-        seq = TrainSequence(
-            input_ids=[self.tokenizer.eos_token_id] * n, span_start=1, span_end=n, advantage=1.0
-        )
-        row = pack_sequences([seq], n)[0].to(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        if self.ref_model is not None:
-            self.loss.logprobs(self.ref_model, row)
-        out, _ = self.loss(self.model, row, plan_step([seq]))
-        out.loss.backward()
-        peak = torch.cuda.max_memory_reserved(self.device)
-        self.optimizer.zero_grad(set_to_none=True)
-        per_elem = (
-            2 if self.cfg.optim.optimizer == "adamw8bit" else 2 * next(self.model.parameters()).element_size()
-        )
-        return peak + per_elem * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     # ---------------------------------------------------------------- sampling parameters
 
