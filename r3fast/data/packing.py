@@ -170,44 +170,72 @@ def first_fit_decreasing(
     return rows
 
 
+class RowColumns:
+    """The per-token columns of one packed row, appended segment by segment (plain rows and
+    shared-prefix rows lay out their segments differently, then build the batch here)."""
+
+    def __init__(self, seqs: Sequence[TrainSequence]) -> None:
+        have = [s.sampler_logp is not None for s in seqs]
+        if any(have) and not all(have):
+            raise ValueError("sampler_logp must be given for every sequence of a row or for none")
+        self.with_sampler = bool(have) and all(have)
+        self.ids: list[int] = []
+        self.pos: list[int] = []
+        self.tgt: list[int] = []
+        self.span: list[bool] = []
+        self.adv: list[float] = []
+        self.src: list[int] = []
+        self.branch: list[int] = []
+        self.sampler: list[float] = []
+
+    def add(
+        self, ids: list[int], first_pos: int, targets: list[int], span: list[bool], adv: float, src: int,
+        branch: int = 0,
+    ) -> None:  # fmt: skip
+        """One segment: its tokens, positions from first_pos, next-token targets, span flags; the
+        advantage on span positions; its source sequence (-1: shared) and branch id."""
+        n = len(ids)
+        self.ids += ids
+        self.pos += range(first_pos, first_pos + n)
+        self.tgt += targets
+        self.span += span
+        self.adv += [adv if f else 0.0 for f in span]
+        self.src += [src] * n
+        self.branch += [branch] * n
+
+    def add_sampler_logp(self, seq: TrainSequence) -> None:
+        if self.with_sampler:
+            self.sampler += seq.sampler_logp
+
+    def batch(self, cu: list[int], *, tree: bool) -> PackedBatch:
+        return PackedBatch(
+            input_ids=torch.tensor(self.ids, dtype=torch.long),
+            position_ids=torch.tensor(self.pos, dtype=torch.long),
+            cu_seqlens=torch.tensor(cu, dtype=torch.int32),
+            max_seqlen=max(b - a for a, b in zip(cu, cu[1:])),
+            targets=torch.tensor(self.tgt, dtype=torch.long),
+            span_mask=torch.tensor(self.span, dtype=torch.bool),
+            advantages=torch.tensor(self.adv, dtype=torch.float32),
+            seq_index=torch.tensor(self.src, dtype=torch.long),
+            sampler_logp=torch.tensor(self.sampler, dtype=torch.float32) if self.with_sampler else None,
+            branch_ids=torch.tensor(self.branch, dtype=torch.long) if tree else None,
+        )
+
+
 def build_row(seqs: Sequence[TrainSequence], indices: Sequence[int]) -> PackedBatch:
     """Lay out the sequences `seqs[i] for i in indices` back to back in one row."""
-    ids: list[int] = []
-    pos: list[int] = []
-    tgt: list[int] = []
-    span: list[bool] = []
-    adv: list[float] = []
-    src: list[int] = []
-    old: list[float] = []
-    cu = [0]
-    have_sampler = [seqs[i].sampler_logp is not None for i in indices]
-    if any(have_sampler) and not all(have_sampler):
-        raise ValueError("sampler_logp must be given for every sequence of a row or for none")
+    cols, cu = RowColumns([seqs[i] for i in indices]), [0]
     for i in indices:
         s = seqs[i]
         n = len(s.input_ids)
-        ids += s.input_ids
-        pos += range(n)
-        tgt += s.input_ids[1:] + [IGNORE_INDEX]
         # position t predicts token t+1: the span positions are [span_start-1, span_end-1)
         lo, hi = s.span_start - 1, s.span_end - 1
-        span += [lo <= t < hi for t in range(n)]
-        adv += [s.advantage if lo <= t < hi else 0.0 for t in range(n)]
-        src += [i] * n
-        if s.sampler_logp is not None:
-            old += s.sampler_logp
+        cols.add(
+            s.input_ids, 0, s.input_ids[1:] + [IGNORE_INDEX], [lo <= t < hi for t in range(n)], s.advantage, i
+        )
+        cols.add_sampler_logp(s)
         cu.append(cu[-1] + n)
-    return PackedBatch(
-        input_ids=torch.tensor(ids, dtype=torch.long),
-        position_ids=torch.tensor(pos, dtype=torch.long),
-        cu_seqlens=torch.tensor(cu, dtype=torch.int32),
-        max_seqlen=max(len(seqs[i].input_ids) for i in indices),
-        targets=torch.tensor(tgt, dtype=torch.long),
-        span_mask=torch.tensor(span, dtype=torch.bool),
-        advantages=torch.tensor(adv, dtype=torch.float32),
-        seq_index=torch.tensor(src, dtype=torch.long),
-        sampler_logp=torch.tensor(old, dtype=torch.float32) if all(have_sampler) else None,
-    )
+    return cols.batch(cu, tree=False)
 
 
 def pack_sequences(

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
-from .packing import IGNORE_INDEX, PackedBatch, TrainSequence, first_fit_decreasing
+from .packing import IGNORE_INDEX, PackedBatch, RowColumns, TrainSequence, first_fit_decreasing
 
 __all__ = ["pack_groups", "shared_blocks"]
 
@@ -61,55 +59,23 @@ def block_len(seqs: Sequence[TrainSequence], block: Sequence[int]) -> int:
 
 def build_tree_row(seqs: Sequence[TrainSequence], blocks: Sequence[Sequence[int]]) -> PackedBatch:
     """Lay out shared-prefix blocks back to back in one row; cu_seqlens marks the blocks."""
-    ids: list[int] = []
-    pos: list[int] = []
-    tgt: list[int] = []
-    span: list[bool] = []
-    adv: list[float] = []
-    src: list[int] = []
-    br: list[int] = []
-    old: list[float] = []
-    cu = [0]
-    have_sampler = [seqs[i].sampler_logp is not None for b in blocks for i in b]
-    if any(have_sampler) and not all(have_sampler):
-        raise ValueError("sampler_logp must be given for every sequence of a row or for none")
+    cols, cu = RowColumns([seqs[i] for b in blocks for i in b]), [0]
     for block in blocks:
         head = seqs[block[0]]
         p = head.span_start
-        trunk = head.input_ids[: p - 1]
-        ids += trunk
-        pos += range(p - 1)
-        tgt += head.input_ids[1:p]  # trunk token t predicts prefix token t+1 (same in every sequence)
-        span += [False] * (p - 1)
-        adv += [0.0] * (p - 1)
-        src += [-1] * (p - 1)  # shared by the whole block: belongs to no single sequence
-        br += [0] * (p - 1)
+        # the trunk: token t predicts prefix token t+1 (the same in every sequence of the block);
+        # shared by the whole block, it belongs to no single sequence (src -1, branch 0)
+        cols.add(head.input_ids[: p - 1], 0, head.input_ids[1:p], [False] * (p - 1), 0.0, -1)
         for k, i in enumerate(block, start=1):
             s = seqs[i]
             branch = s.input_ids[p - 1 : s.span_end]  # [span_len + 1]
             m = len(branch)
-            ids += branch
-            pos += range(p - 1, p - 1 + m)
-            tgt += s.input_ids[p : s.span_end] + [IGNORE_INDEX]  # the next token after the span is not here
-            span += [True] * (m - 1) + [False]
-            adv += [s.advantage] * (m - 1) + [0.0]
-            src += [i] * m
-            br += [k] * m
-            if s.sampler_logp is not None:
-                old += s.sampler_logp
-        cu.append(len(ids))
-    return PackedBatch(
-        input_ids=torch.tensor(ids, dtype=torch.long),
-        position_ids=torch.tensor(pos, dtype=torch.long),
-        cu_seqlens=torch.tensor(cu, dtype=torch.int32),
-        max_seqlen=max(b - a for a, b in zip(cu, cu[1:], strict=False)),
-        targets=torch.tensor(tgt, dtype=torch.long),
-        span_mask=torch.tensor(span, dtype=torch.bool),
-        advantages=torch.tensor(adv, dtype=torch.float32),
-        seq_index=torch.tensor(src, dtype=torch.long),
-        sampler_logp=torch.tensor(old, dtype=torch.float32) if all(have_sampler) else None,
-        branch_ids=torch.tensor(br, dtype=torch.long),
-    )
+            # the token after the span is not in the row: its position predicts nothing
+            tgt = s.input_ids[p : s.span_end] + [IGNORE_INDEX]
+            cols.add(branch, p - 1, tgt, [True] * (m - 1) + [False], s.advantage, i, branch=k)
+            cols.add_sampler_logp(s)
+        cu.append(len(cols.ids))
+    return cols.batch(cu, tree=True)
 
 
 def pack_groups(
