@@ -89,7 +89,7 @@ def test_margins_never_leak_into_the_answer(smol_tokenizer, document):
     assert result.answer == smol_tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def test_stream_callback_progress_and_counts(smol_tokenizer, document):
+def test_stream_callback_progress_and_counts(smol_tokenizer, document, capsys):
     model = tiny_llama(len(smol_tokenizer), seed=2)
     seen = []
     result = wim_answer(
@@ -104,6 +104,8 @@ def test_stream_callback_progress_and_counts(smol_tokenizer, document):
         progress=True,
     )
     assert seen == result.margins and [m.segment for m in seen] == list(range(result.counts["segments"]))
+    n, last = result.counts["segments"], capsys.readouterr().err.splitlines()[-1]
+    assert f"{n}/{n} seg" in last and last.endswith(f"relevant={len(result.relevant)}")  # redirected: lines
     frame = prompts.chat_frame(smol_tokenizer)
     c = result.counts
     assert 1 <= c["generated_tokens"] - sum(m.tokens for m in seen) <= 3  # + the answer's tokens
