@@ -15,7 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ChatFrame", "chat_frame", "margin_request", "final_request", "classifier_prompt", "head"]
+__all__ = [
+    "ChatFrame",
+    "chat_frame",
+    "classifier_prompt",
+    "encode",
+    "final_request",
+    "head",
+    "margin_request",
+]
 
 _SENTINEL = "\x00WIM\x00"
 
@@ -51,23 +59,24 @@ def chat_frame(tokenizer) -> ChatFrame:
     return ChatFrame(before, after)
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def encode(tokenizer, text: str) -> list[int]:
+    """Ids of ``text`` with no BOS/EOS added (special tokens written in the text are parsed)."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def head(tokenizer, frame: ChatFrame) -> list[int]:
-    return _ids(tokenizer, frame.user_header + "```\n")
+    return encode(tokenizer, frame.user_header + "```\n")
 
 
 def margin_request(tokenizer, frame: ChatFrame, question: str) -> list[int]:
-    return _ids(tokenizer, "\n```\n" + MARGIN_ASK.format(question=question) + frame.generation_header)
+    return encode(tokenizer, "\n```\n" + MARGIN_ASK.format(question=question) + frame.generation_header)
 
 
 def final_request(tokenizer, frame: ChatFrame, question: str, notes: Sequence[str] = ()) -> list[int]:
     block = NOTES_HEADER + "".join(f"- {n.strip()}\n" for n in notes) + "\n" if notes else ""
-    return _ids(tokenizer, "\n```\n" + block + question + frame.generation_header)
+    return encode(tokenizer, "\n```\n" + block + question + frame.generation_header)
 
 
 def classifier_prompt(tokenizer, frame: ChatFrame, question: str, margin: str) -> list[int]:
     text = CLASSIFY_ASK.format(question=question, margin=margin.strip())
-    return _ids(tokenizer, frame.user_header + text + frame.generation_header)
+    return encode(tokenizer, frame.user_header + text + frame.generation_header)

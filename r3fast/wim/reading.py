@@ -123,7 +123,7 @@ class WimReading:
         vocab = tokenizer.get_vocab()
         self._yes_no = (vocab.get("YES"), vocab.get("NO"))
         if self.cfg.classify and None in self._yes_no:
-            self._yes_no = tuple(prompts._ids(tokenizer, w)[0] for w in ("YES", "NO"))
+            self._yes_no = tuple(prompts.encode(tokenizer, w)[0] for w in ("YES", "NO"))
         self._start = time.perf_counter()
         self._steps = self._read()
         self._result: WimResult | None = None
