@@ -34,7 +34,6 @@ __all__ = [
     "load_config",
 ]
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 REPORTERS = ("jsonl", "tensorboard", "wandb")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

@@ -126,3 +126,13 @@ def test_correction_needs_sampler_logprobs():
     plan, rows = pack_step(seqs, max_tokens=64, shared_prefix=False, seed=0, step=0)
     with pytest.raises(ValueError, match="sampler's log-probs"):
         learner.step(plan, rows)
+
+
+def test_config_offers_exactly_the_kernel_loss_types():
+    """The config (checked before torch loads) names the loss types the kernel's record defines."""
+    import typing
+
+    from r3fast.kernels import LOSS_TYPES
+
+    hints = typing.get_type_hints(LossConfig)
+    assert set(typing.get_args(hints["loss_type"])) == set(LOSS_TYPES)
