@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from .config import LossConfig
-from .data import PackedBatch, StepPlan, forward_hidden
+from .data import PackedBatch, StepPlan
 from .kernels import LOSS_TYPES, span_grpo_loss, span_logprobs
+from .model import forward_hidden
 
 __all__ = ["SpanLoss", "check_supported", "lm_head_weight"]
 

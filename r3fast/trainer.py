@@ -21,13 +21,14 @@ import torch
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
-from .data import pack_step, use_packed_attention
+from .data import pack_step
 from .evaluate import EvalResult, evaluate, format_eval_table
 from .failures import FailureSource
 from .guard import NonFiniteGuard
 from .learner import Learner
 from .loss import SpanLoss, check_supported
 from .metrics import MetricsLogger, peak_memory_mb, read_metrics
+from .model import use_packed_attention
 from .models import load_model, resolve_device
 from .optim import build_optimizer, build_scheduler
 from .progress import progress_bar, quiet_library_bars

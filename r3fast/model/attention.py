@@ -10,7 +10,7 @@ and runs the fastest backend that is correct for the inputs:
     flex               flex_attention + BlockMask      CUDA (flex has no CPU backward); also tree masks
     sdpa               one SDPA call per sequence/branch  CPU or anything else; also tree masks
 
-A packed row may also carry a tree mask (shared group prefix, see prefix.py): then only the mask
+A packed row may also carry a tree mask (shared group prefix, see data/prefix.py): then only the mask
 backends (flex, sdpa) apply. The mask of a row is described by two per-token id tensors:
 `doc` (which attention block, from cu_seqlens) and `branch` (0 = trunk seen by every later token
 of the block, k > 0 = branch k, seen only by itself):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .attention import ATTN_NAME, MASK_BACKENDS, dense_packed_mask, flex_block_mask, select_backend
-from .packing import PackedBatch
+from ..data.packing import PackedBatch
 
 __all__ = ["decoder_of", "forward_hidden"]
 
