@@ -51,14 +51,8 @@ import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from r3fast.data import (  # noqa: E402
-    TrainSequence,
-    forward_hidden,
-    pack_groups,
-    pack_sequences,
-    plan_step,
-    use_packed_attention,
-)
+from r3fast.data import TrainSequence, pack_groups, pack_sequences, plan_step  # noqa: E402
+from r3fast.model import forward_hidden, use_packed_attention  # noqa: E402
 
 PRESETS = {  # SmolLM2-135M shapes (hidden 576, 9 heads / 3 kv heads, MLP 1536, vocab 49152)
     "smollm2": dict(num_hidden_layers=30),

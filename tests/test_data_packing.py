@@ -11,14 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_data_common import VOCAB, random_groups, single_thread, tiny_model, token_logp, unpacked_logp
 
-from r3fast.data import (
-    IGNORE_INDEX,
-    TrainSequence,
-    forward_hidden,
-    pack_sequences,
-    plan_step,
-    use_packed_attention,
-)
+from r3fast.data import IGNORE_INDEX, TrainSequence, pack_sequences, plan_step
+from r3fast.model import forward_hidden, use_packed_attention
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_data_common import VOCAB, random_groups, single_thread, tiny_model, token_logp, unpacked_logp
 
-from r3fast.data import TrainSequence, forward_hidden, pack_groups, pack_sequences, use_packed_attention
+from r3fast.data import TrainSequence, pack_groups, pack_sequences
+from r3fast.model import forward_hidden, use_packed_attention
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -169,8 +170,8 @@ def test_pack_groups_invariants(seqs: list[TrainSequence], budget: int, seed: in
 def test_sdpa_segments_follow_the_tree_and_match_the_dense_mask(monkeypatch) -> None:
     """The CPU backend splits a block into trunk + one segment per branch (keys: trunk, then itself);
     a block laid out any other way keeps one dense mask. Both give the same hidden states."""
-    from r3fast.data import forward
-    from r3fast.data.forward import _tree_segments, sdpa_blocks
+    from r3fast.model import forward
+    from r3fast.model.forward import _tree_segments, sdpa_blocks
 
     model = use_packed_attention(tiny_model("llama", "sdpa"))
     seqs = random_groups(random.Random(14), 2, 3, (6, 9), (1, 5))

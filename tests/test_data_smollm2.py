@@ -9,7 +9,8 @@ import pytest
 import torch
 from test_data_common import single_thread, token_logp, unpacked_logp
 
-from r3fast.data import TrainSequence, forward_hidden, pack_groups, pack_sequences, use_packed_attention
+from r3fast.data import TrainSequence, pack_groups, pack_sequences
+from r3fast.model import forward_hidden, use_packed_attention
 from r3fast.models import load_model
 
 # Max abs diff of log-probs. fp32: the 1e-5 for packed rows; shared-prefix rows run other GEMM

@@ -16,8 +16,9 @@ import pytest
 from test_data_common import random_groups, tiny_model
 
 from r3fast.config import LossConfig
-from r3fast.data import pack_sequences, plan_step, use_packed_attention
+from r3fast.data import pack_sequences, plan_step
 from r3fast.loss import SpanLoss
+from r3fast.model import use_packed_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -150,8 +150,9 @@ def test_learner_step_default_gpu_path_vs_torch_sdpa(arch, dtype):
     from test_data_common import random_groups, tiny_model
 
     from r3fast.config import LossConfig
-    from r3fast.data import forward_hidden, pack_groups, pack_sequences, plan_step, use_packed_attention
+    from r3fast.data import pack_groups, pack_sequences, plan_step
     from r3fast.loss import SpanLoss, lm_head_weight
+    from r3fast.model import forward_hidden, use_packed_attention
 
     seqs = random_groups(random.Random(5), 3, 4, (100, 200), (20, 80))
     num_items = SpanLoss(LossConfig(loss_type="dapo"), temperature=0.9, max_span_tokens=80).num_items(

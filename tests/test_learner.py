@@ -11,10 +11,11 @@ import torch
 from test_data_common import random_groups, tiny_model
 
 from r3fast.config import LossConfig
-from r3fast.data import TrainSequence, pack_step, use_packed_attention
+from r3fast.data import TrainSequence, pack_step
 from r3fast.guard import NonFiniteGuard
 from r3fast.learner import Learner, correction_weights
 from r3fast.loss import SpanLoss
+from r3fast.model import use_packed_attention
 
 
 def test_correction_weights_follow_the_formula():

@@ -185,8 +185,9 @@ def test_packed_loss_equals_unpacked(smol_tokenizer, loss_type, shared_prefix):
     """One packed row (plain or shared-prefix) vs one row per sequence, same step normaliser:
     same loss, same gradients, through the trainer's packed-attention path."""
     from r3fast.config import LossConfig
-    from r3fast.data import TrainSequence, pack_groups, pack_sequences, plan_step, use_packed_attention
+    from r3fast.data import TrainSequence, pack_groups, pack_sequences, plan_step
     from r3fast.loss import SpanLoss
+    from r3fast.model import use_packed_attention
 
     g = torch.Generator().manual_seed(1)
     prefixes = [torch.randint(10, 1000, (n,), generator=g).tolist() for n in (12, 9)]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .attention import ATTN_NAME, MASK_BACKENDS, dense_packed_mask, flex_block_mask, select_backend
 from ..data.packing import PackedBatch
+from .attention import ATTN_NAME, MASK_BACKENDS, dense_packed_mask, flex_block_mask, select_backend
 
 __all__ = ["decoder_of", "forward_hidden"]
 

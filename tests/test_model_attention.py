@@ -8,15 +8,9 @@ import pytest
 import torch
 from test_data_common import VOCAB, random_groups, single_thread, tiny_model, token_logp
 
-from r3fast.data import (
-    available_backends,
-    forward_hidden,
-    pack_groups,
-    pack_sequences,
-    select_backend,
-    use_packed_attention,
-)
-from r3fast.data.attention import dense_packed_mask, flex_block_mask
+from r3fast.data import pack_groups, pack_sequences
+from r3fast.model import available_backends, forward_hidden, select_backend, use_packed_attention
+from r3fast.model.attention import dense_packed_mask, flex_block_mask
 
 CPU = torch.device("cpu")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
