@@ -1,18 +1,73 @@
-"""The failure-set JSONL format, read without importing torch (so it is checked up front)."""
+"""A failure and the failure-set JSONL format: one `Failure.to_record()` per line.
+
+Torch-free on purpose: `validate` reads the whole file up front, before any model loads.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["read_failure_records"]
+__all__ = ["Failure", "read_failures"]
 
 
-def read_failure_records(path: str | Path) -> list[dict]:
-    """Every record of a failure set; a malformed line raises `UserError` naming file and line."""
-    records = []
+@dataclass(kw_only=True)
+class Failure:
+    """A first attempt the task's verifier rejected, with what is needed to reproduce it."""
+
+    example: dict
+    """The task example (prompt fields and the answer the verifier checks)."""
+    attempt: str
+    """The failed first answer, as text (it re-enters the conversation as an assistant turn)."""
+    attempt_ids: list[int] = field(default_factory=list)
+    """The sampler's token ids of `attempt` (empty when the record was written by hand)."""
+    example_index: int | None = None
+    """Position of `example` in the mined example list."""
+    try_index: int = 0
+    """Which kept failure of that example this is (JSON key "try")."""
+    model: str = ""
+    task: str = ""
+    sampling: dict = field(default_factory=dict)
+    """The SamplingParams the attempt was drawn with, as a dict (n, temperature, top_p,
+    max_new_tokens, seed, stop_token_ids)."""
+
+    def to_record(self) -> dict:
+        """The JSON object written as one line of a failure set."""
+        rec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        rec["try"] = rec.pop("try_index")
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: object) -> Failure:
+        """Inverse of `to_record`; only "example" and "attempt" are required. Raises ValueError."""
+        if not isinstance(rec, dict):
+            raise ValueError("expected a JSON object")
+        rec = dict(rec)
+        if "try" in rec:
+            rec["try_index"] = rec.pop("try")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(rec) - names):
+            raise ValueError(f"unknown field(s) {unknown}")
+        for key in ("example", "attempt"):
+            if key not in rec:
+                raise ValueError(f"missing field {key!r}")
+        if not isinstance(rec["example"], dict) or not isinstance(rec["attempt"], str):
+            raise ValueError("'example' must be an object and 'attempt' a string")
+        ids = rec.get("attempt_ids", [])
+        if not isinstance(ids, list) or not all(type(t) is int for t in ids):
+            raise ValueError("'attempt_ids' must be a list of integers")
+        if not isinstance(rec.get("sampling", {}), dict):
+            raise ValueError("'sampling' must be an object")
+        return cls(**rec)
+
+
+def read_failures(path: str | Path) -> list[Failure]:
+    """Every failure of a failure set; a malformed line raises `UserError` naming file and line."""
+    failures = []
     try:
         f = open(path, encoding="utf-8")
     except OSError as e:
@@ -22,16 +77,9 @@ def read_failure_records(path: str | Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError("expected a JSON object")
-                ex, attempt = rec["example"], rec["attempt"]
-                if not isinstance(ex, dict) or not isinstance(attempt, str):
-                    raise ValueError("'example' must be an object and 'attempt' a string")
-            except (ValueError, KeyError) as e:
-                what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-                raise UserError(f"{path}:{lineno}: bad failure record: {what}") from None
-            records.append(rec)
-    if not records:
+                failures.append(Failure.from_record(json.loads(line)))
+            except ValueError as e:  # json.JSONDecodeError is a ValueError
+                raise UserError(f"{path}:{lineno}: bad failure record: {e}") from None
+    if not failures:
         raise UserError(f"{path}: no failure records")
-    return records
+    return failures

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from .mining import mine_failures, read_failures
-from .rollout import Failure
+from .failure_file import Failure, read_failures
+from .mining import mine_failures
 from .sampling import Sampler, SamplingParams
 from .seeds import seed_for
 
@@ -72,7 +72,7 @@ class FailureSource:
                     seed=None if params.seed is None else seed_for(params.seed, "mine-round", round_),
                 ),
             )
-            found += [Failure(example=r["example"], attempt=r["attempt"]) for r in res.records]
+            found += res.failures
             if len(found) >= k:
                 break
         return found[:k]

@@ -1,7 +1,8 @@
 """The offline failure set: sample up to K first attempts per example, keep the failures.
 
-Each JSONL line records the example, the failed attempt (text and token ids), the model, the
-sampling parameters and the seed, so a failure set is reproducible and self-describing.
+Each JSONL line is one `Failure.to_record()`: the example, the failed attempt (text and token
+ids), the model, the sampling parameters and the seed, so a failure set is reproducible and
+self-describing.
 """
 
 from __future__ import annotations
@@ -12,19 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import write_text_atomic
-from .failure_file import read_failure_records
+from .failure_file import Failure
 from .generation import generate_chunked
 from .prompts import render
-from .rollout import Failure
 from .sampling import Sampler, SamplingParams
 
-__all__ = ["MineResult", "mine_failures", "read_failures", "write_jsonl_atomic"]
+__all__ = ["MineResult", "mine_failures", "write_jsonl_atomic"]
 
 
 @dataclass(kw_only=True)
 class MineResult:
-    records: list[dict]
-    """One per kept failure, as written to JSONL."""
+    failures: list[Failure]
+    """The kept failures, in example order."""
     examples: int
     attempts: int
     correct_attempts: int
@@ -36,8 +36,13 @@ class MineResult:
             "attempts": self.attempts,
             "first_try_accuracy": self.correct_attempts / max(self.attempts, 1),
             "examples_solved_at_least_once": self.examples_solved_once,
-            "failures_kept": len(self.records),
+            "failures_kept": len(self.failures),
         }
+
+    @property
+    def records(self) -> list[dict]:
+        """One per kept failure, as written to JSONL."""
+        return [f.to_record() for f in self.failures]
 
 
 def mine_failures(
@@ -64,25 +69,20 @@ def mine_failures(
         progress=progress,
     )
     meta = {"model": model_name, "task": getattr(task, "name", ""), "sampling": dataclasses.asdict(params)}
-    records, correct, solved = [], 0, 0
+    failures, correct, solved = [], 0, 0
     for idx, (ex, comps) in enumerate(zip(examples, outs)):
         oks = [bool(task.verify(ex, c.text)) for c in comps]
         correct += sum(oks)
         solved += any(oks)
         kept = [c for c, ok in zip(comps, oks) if not ok][:keep_per_example]
-        for j, c in enumerate(kept):
-            records.append(
-                {
-                    "example": ex,
-                    "attempt": c.text,
-                    "attempt_ids": c.token_ids,
-                    "example_index": idx,
-                    "try": j,
-                    **meta,
-                }
+        failures += [
+            Failure(
+                example=ex, attempt=c.text, attempt_ids=c.token_ids, example_index=idx, try_index=j, **meta
             )
+            for j, c in enumerate(kept)
+        ]
     return MineResult(
-        records=records,
+        failures=failures,
         examples=len(examples),
         attempts=len(examples) * tries,
         correct_attempts=correct,
@@ -92,8 +92,3 @@ def mine_failures(
 
 def write_jsonl_atomic(path: str | Path, records: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def read_failures(path: str | Path) -> list[Failure]:
-    """Read a failure set; a malformed line raises ValueError (UserError) naming the file and line."""
-    return [Failure(example=r["example"], attempt=r["attempt"]) for r in read_failure_records(path)]

@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass
 
 from .data import TrainSequence
+from .failure_file import Failure
 from .generation import generate_chunked
 from .prompts import reflect_messages, render, retry_messages
 from .sampling import Completion, Sampler, SamplingParams
 
 __all__ = [
-    "Failure",
     "Group",
     "RolloutResult",
     "group_advantages",
@@ -24,13 +24,6 @@ __all__ = [
     "rollout",
     "to_sequences",
 ]
-
-
-@dataclass(kw_only=True)
-class Failure:
-    example: dict
-    attempt: str
-    """The failed first answer, as text (it re-enters the conversation as an assistant turn)."""
 
 
 @dataclass(kw_only=True)

@@ -18,7 +18,7 @@ import yaml
 
 from .config import R3Config
 from .errors import UserError
-from .failure_file import read_failure_records
+from .failure_file import read_failures
 from .model_names import check_model_name
 from .rundir import check_resume_config, check_run_dir
 
@@ -69,7 +69,7 @@ def check_failures(cfg: R3Config) -> None:
         return
     if not Path(path).is_file():
         raise UserError(f"data.failures {path} does not exist; mine it first with: {mine_command(cfg)}")
-    read_failure_records(path)
+    read_failures(path)
 
 
 def check_out_path(path: str | os.PathLike, flag: str) -> None:

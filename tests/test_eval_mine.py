@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from r3fast import cli
 from r3fast.evaluate import evaluate
-from r3fast.mining import mine_failures, read_failures, write_jsonl_atomic
+from r3fast.failure_file import Failure, read_failures
+from r3fast.mining import mine_failures, write_jsonl_atomic
 from r3fast.sampling import HFSampler, SamplingParams
 from r3fast.tasks import get_task
 from tests.conftest import tiny_llama
@@ -42,18 +44,48 @@ def test_mine_roundtrip_and_bad_lines(tmp_path, smol_tokenizer):
         params=SamplingParams(temperature=1.0, max_new_tokens=5, seed=1),
         progress=False,
     )
-    assert res.attempts == 8 and len(res.records) == 8 - res.correct_attempts
+    assert res.attempts == 8 and len(res.failures) == 8 - res.correct_attempts
     rec = res.records[0]
     assert rec["model"] == "tiny" and rec["sampling"]["temperature"] == 1.0 and rec["attempt_ids"]
     path = tmp_path / "f.jsonl"
     write_jsonl_atomic(path, res.records)
-    assert [f.example for f in read_failures(path)] == [r["example"] for r in res.records]
+    assert read_failures(path) == res.failures
     path.write_text(path.read_text() + '{"example": {"numbers": [1]}, "attempt": 3}\n')
     with pytest.raises(ValueError, match=rf"f\.jsonl:{len(res.records) + 1}:"):
         read_failures(path)
     path.write_text("not json\n")
     with pytest.raises(ValueError, match=r"f\.jsonl:1:"):
         read_failures(path)
+
+
+def test_failure_record_round_trips_every_field(tmp_path):
+    """write -> read gives the same Failure, stop ids and attempt ids included; a hand-written
+    record needs only example and attempt; unknown or mistyped fields name the line."""
+    params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=12, seed=3, stop_token_ids=[2, 7])
+    failure = Failure(
+        example={"numbers": [3, 4], "target": 7},
+        attempt="3 * 4",
+        attempt_ids=[18, 1290, 36, 2],
+        example_index=5,
+        try_index=1,
+        model="tiny",
+        task="countdown",
+        sampling=dataclasses.asdict(params),
+    )
+    path = tmp_path / "f.jsonl"
+    write_jsonl_atomic(path, [failure.to_record(), {"example": {"n": 1}, "attempt": "x"}])
+    back, minimal = read_failures(path)
+    assert back == failure and back.sampling["stop_token_ids"] == [2, 7]
+    assert SamplingParams(**back.sampling) == params
+    assert minimal == Failure(example={"n": 1}, attempt="x")
+    for bad, why in [
+        ({**failure.to_record(), "tries": 2}, "unknown field"),
+        ({**failure.to_record(), "attempt_ids": ["a"]}, "attempt_ids"),
+        ({"attempt": "x"}, "missing field 'example'"),
+    ]:
+        write_jsonl_atomic(path, [failure.to_record(), bad])
+        with pytest.raises(ValueError, match=rf"f\.jsonl:2: bad failure record: .*{why}"):
+            read_failures(path)
 
 
 @pytest.mark.slow
