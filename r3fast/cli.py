@@ -102,7 +102,9 @@ def _setup(args: argparse.Namespace, task):
     from .sampling import HFSampler, VLLMSampler
 
     if args.sampler == "vllm":
-        return load_tokenizer(args.model), VLLMSampler(args.model)
+        sampler = VLLMSampler(args.model)
+        sampler.wake()  # generation only, no learner: stay awake (a new sampler starts asleep)
+        return load_tokenizer(args.model), sampler
     model, tok = load_model(args.model, device=resolve_device(args.device))
     return tok, HFSampler(model, tok)
 

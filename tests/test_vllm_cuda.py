@@ -49,7 +49,7 @@ def test_auto_utilization_follows_learner_peak(sampler):
     assert abs(sampler.gpu_memory_utilization - expected) < 0.01  # reserved may grow a little meanwhile
 
 
-def test_sleep_frees_and_generate_restores(sampler, learner):
+def test_sleep_frees_wake_restores_and_generate_never_switches(sampler, learner):
     _, tok = learner
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hi!"}], add_generation_prompt=True)[
         "input_ids"
@@ -61,10 +61,13 @@ def test_sleep_frees_and_generate_restores(sampler, learner):
         asleep - awake
         > 0.5 * sampler.gpu_memory_utilization * torch.cuda.get_device_properties(0).total_memory
     )
-    sampler.sleep()
     out = sampler.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))
     assert out[0][0].token_ids
-    assert _free() >= asleep - 256 * (1 << 20)  # generate went back to sleep
+    assert _free() <= awake + 256 * (1 << 20)  # generate did not put the engine to sleep
+    sampler.sleep()
+    assert _free() >= asleep - 256 * (1 << 20)
+    with pytest.raises(RuntimeError, match="call wake"):  # nor does it wake it: the caller owns that
+        sampler.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))
 
 
 def test_level2_needs_a_sync(sampler, learner):
@@ -72,14 +75,15 @@ def test_level2_needs_a_sync(sampler, learner):
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hi!"}], add_generation_prompt=True)[
         "input_ids"
     ]
-    ref = sampler.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))[0][0]
     sampler.wake()
+    ref = sampler.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))[0][0]
     sampler.sleep_level = 2
     try:
         sampler.sleep()
+        sampler.wake()
         with pytest.raises(RuntimeError, match="sync_weights"):
             sampler.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))
-        sampler.sync_weights(model)
+        sampler.sync_weights(model)  # leaves the engine awake
         again = sampler.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=8))[0][0]
         assert again.token_ids == ref.token_ids
     finally:

@@ -46,7 +46,6 @@ __all__ = [
     "sleep",
     "time_weight_processing",
     "wake_up",
-    "weights_snapshot",
 ]
 
 TESTED_VERSION = "0.32"
@@ -344,14 +343,3 @@ def param_names(llm: Any) -> set[str]:
         return {n for n, _ in worker.get_model().named_parameters()}  # tied: listed once
 
     return _rpc(llm, names)
-
-
-def weights_snapshot(llm: Any) -> dict[str, torch.Tensor]:
-    """CPU copies of vLLM's parameters as its kernels hold them (CPU linears: packed, not listed)."""
-
-    def snap(worker: Any) -> dict[str, torch.Tensor]:
-        return {
-            n: p.detach().to("cpu", copy=True) for n, p in worker.get_model().named_parameters() if p.numel()
-        }
-
-    return _rpc(llm, snap)

@@ -1,16 +1,20 @@
 """`VLLMSampler`: the Sampler contract on a vLLM engine colocated with the learner (one process).
 
-Life of a training step on CUDA (sleep mode on):
+The caller owns the memory phases; `generate` and `prompt_logprobs` never wake or sleep (they
+raise while asleep). A training step on CUDA (sleep mode on), as the trainer runs it:
 
-    sampler.generate(...)      wake -> generate -> sleep   (KV dropped, weights offloaded: level 1)
+    sampler.wake()             weights back on the GPU, KV cache re-allocated
+    sampler.generate(...)      every chunk of the rollout, no phase change between them
+    sampler.sleep()            KV dropped, weights offloaded (level 1) or dropped (level 2)
     learner step               the GPU is the learner's
     sampler.sync_weights(m)    wake weights -> stream m's tensors in buckets -> reset prefix cache
-                               -> wake KV cache
+                               -> wake KV cache (it leaves the engine awake: a rollout comes next)
 
-On CPU vLLM has no sleep mode: `sleep_enabled` is False there and `sleep`/`wake` do nothing, by
-design, not by accident. Log-probs are vLLM's "processed" ones: log_softmax(logits / T) of the
-sampled token when top_p = 1 (the `Completion` contract); with top_p < 1 vLLM renormalises them
-over the nucleus (see `logprobs_include_top_p`). Prompts are token ids; vLLM never tokenises.
+A new sampler starts asleep. On CPU vLLM has no sleep mode: `sleep_enabled` is False there and
+`sleep`/`wake` do nothing, by design, not by accident. Log-probs are vLLM's "processed" ones:
+log_softmax(logits / T) of the sampled token when top_p = 1 (the `Completion` contract); with
+top_p < 1 vLLM renormalises them over the nucleus, which differs by log(nucleus mass). Prompts
+are token ids; vLLM never tokenises.
 """
 
 from __future__ import annotations
@@ -103,9 +107,9 @@ class VLLMSampler:
         dtype: vLLM's weight dtype; match the learner's ("auto": the checkpoint's).
         gpu_memory_utilization: vLLM's share of the GPU; "auto" sizes it from `learner_bytes`
             (default: torch.cuda.max_memory_reserved() now, so build after a learner warm-up step).
-        enable_sleep: CUDA only; sleep between generate calls so the learner gets the memory.
-        sleep_level: 1 offloads weights to CPU; 2 drops them, so a sync must come between two
-            generate calls (R3 samples reflections, then retries, with no sync between: use 1).
+        enable_sleep: CUDA only; let `sleep()` free the GPU for the learner between rollouts.
+        sleep_level: 1 offloads weights to CPU; 2 drops them, so a sync must come between a
+            sleep and the next generate (the trainer syncs after every step, so either works).
         sync_bucket_mb: bytes per load_weights call during sync_weights, MiB.
         enforce_eager: None = eager on CPU (torch.compile start-up ~2 min there), graphs on CUDA.
         cpu_kv_cache_gb: KV cache size when vLLM runs on CPU, GiB.
@@ -154,11 +158,7 @@ class VLLMSampler:
         self._asleep: set[str] = set()  # subset of {"weights", "kv_cache"}
         self._weights_dropped = False  # level-2 sleep since the last sync
         self.last_sync: SyncStats | None = None
-        self.sleep()
-
-    logprobs_include_top_p = True
-    """vLLM renormalises the sampled token's log-prob over the top-p nucleus (differs from the
-    Completion contract by log(nucleus mass) when top_p < 1; identical when top_p = 1)."""
+        self.sleep()  # the learner may be built next; the first rollout's wake() brings it back
 
     @staticmethod
     def _gpu_utilization(
@@ -199,13 +199,9 @@ class VLLMSampler:
                 "nucleus (vLLM processed_logprobs), not log_softmax(logits / T)",
                 stacklevel=2,
             )
-        self._check_weights()
-        self.wake()
-        try:
-            with self._threads():
-                return compat.generate(self.llm, prompts, params, self.tokenizer)
-        finally:
-            self.sleep()
+        self._check_awake()
+        with self._threads():
+            return compat.generate(self.llm, prompts, params, self.tokenizer)
 
     def sync_weights(self, model: torch.nn.Module, *, bucket_mb: float | None = None) -> SyncStats:
         """Copy `model`'s parameters into vLLM; `bucket_mb=0` is the one-call-per-tensor mode."""
@@ -251,18 +247,9 @@ class VLLMSampler:
 
     def prompt_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """log p(x_t | x_<t), t >= 1, of whole sequences under vLLM's current weights (temperature 1)."""
-        self._check_weights()
-        self.wake()
-        try:
-            with self._threads():
-                return compat.prompt_logprobs(self.llm, sequences)
-        finally:
-            self.sleep()
-
-    def weights_snapshot(self) -> dict[str, torch.Tensor]:
-        """CPU copies of vLLM's parameters as its kernels hold them (CPU linears are packed: absent)."""
-        self._wake({"weights"})
-        return compat.weights_snapshot(self.llm)
+        self._check_awake()
+        with self._threads():
+            return compat.prompt_logprobs(self.llm, sequences)
 
     def _wake(self, tags: set[str]) -> None:
         todo = sorted(tags & self._asleep)
@@ -282,11 +269,13 @@ class VLLMSampler:
         finally:
             torch.set_num_threads(before)
 
-    def _check_weights(self) -> None:
+    def _check_awake(self) -> None:
         if self._weights_dropped:
             raise RuntimeError(
                 "sleep_level=2 dropped vLLM's weights; call sync_weights(model) before generating"
             )
+        if self._asleep:  # the caller owns wake/sleep: a sleeping engine is its bug, not ours to fix
+            raise RuntimeError(f"VLLMSampler is asleep ({sorted(self._asleep)}); call wake() first")
 
 
 def _checkpoint_sizes(path: str, dtype_name: str) -> tuple[int, int]:
