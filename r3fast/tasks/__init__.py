@@ -1,6 +1,6 @@
 """Task plugins: a prompt builder, a binary verifier and a dataset per task.
 
-task = get_task("countdown", **countdown.EASY)
+task = get_task("countdown", num_numbers=2, number_range=(1, 10))
 messages = task.build_prompt(example); ok = task.verify(example, completion)
 """
 

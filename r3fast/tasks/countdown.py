@@ -9,8 +9,8 @@ The verifier reads it with ``ast`` (never eval): int literals, binary + - * /, p
 given number used exactly once; exact ``Fraction`` arithmetic; optional ``= rhs`` must equal the
 target too. It never raises and caps the work on pathological text before parsing.
 
-Presets: ``EASY`` (2 numbers <= 10; SmolLM2-135M gets ~1.6 % first try, so groups still carry a
-reward signal) and ``PAPER`` (3-4 numbers <= 100, the paper's setting).
+The defaults are the paper's setting (3-4 numbers <= 100, targets <= 999); run presets set their
+own knobs (r3fast/presets.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from typing import Any
 from r3fast.tasks.base import Example, Message, check_split, split_of
 
 __all__ = [
-    "EASY",
-    "PAPER",
     "CountdownTask",
     "generate",
     "solve",
@@ -37,9 +35,6 @@ __all__ = [
     "build_prompt",
     "extract_equation",
 ]
-
-EASY: dict[str, Any] = dict(num_numbers=2, number_range=(1, 10), target_range=(1, 100))
-PAPER: dict[str, Any] = dict(num_numbers=(3, 4), number_range=(1, 100), target_range=(1, 999))
 
 _OPS = "+-*/"
 _AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -350,7 +345,7 @@ class CountdownTask:
         out: list[Example] = []
         seen: set[str] = set()
         rejected = 0  # consecutive candidates turned down
-        repeats = False  # EASY has only ~200 distinct tasks: once they run out, allow repeats
+        repeats = False  # 2 numbers <= 10 give only ~200 distinct tasks: once they run out, allow repeats
         while len(out) < n:
             ex = next(stream)
             key = _key(ex)
