@@ -258,8 +258,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _glue_negative_values(argv: list[str]) -> list[str]:
+    """`--optim.lr -1e-6` -> `--optim.lr=-1e-6`: argparse reads '-1e-6' as a flag (its negative
+    number pattern has no exponent), so the range check would never see the value."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg.startswith("--") and "." in arg and "=" not in arg and nxt and nxt.startswith("-"):
+            try:
+                float(nxt)
+            except ValueError:
+                pass
+            else:
+                out.append(f"{arg}={nxt}")
+                i += 2
+                continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def _run(argv: list[str] | None) -> int:
     parser = build_parser()
+    argv = _glue_negative_values(list(sys.argv[1:] if argv is None else argv))
     args, rest = parser.parse_known_args(argv)
     if args.cmd != "train" and rest:
         raise UserError(f"r3fast {args.cmd}: unrecognised arguments: {' '.join(rest)}")

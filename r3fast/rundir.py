@@ -21,6 +21,7 @@ from .errors import UserError
 
 __all__ = [
     "MAY_CHANGE",
+    "can_create_in",
     "check_resume_config",
     "check_run_dir",
     "clean_stale",
@@ -64,8 +65,7 @@ ARTEFACTS = (
     "config.json",
     "summary.json",
     "report.md",
-    "eval_vanilla.json",
-    "eval_trained.json",
+    "r3_effect.json",
     "wandb_id.txt",
 )
 
@@ -87,7 +87,8 @@ def saved_config(run_dir: str | Path) -> dict | None:
 
 
 def _is_ours(p: Path) -> bool:
-    return p.name in ARTEFACTS or (p.suffix == ".png" and p.is_file())
+    evals = p.name.startswith("eval_") and p.suffix == ".json"  # eval_<vanilla|trained>_<decoding>.json
+    return p.name in ARTEFACTS or ((p.suffix == ".png" or evals) and p.is_file())
 
 
 def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
@@ -107,8 +108,20 @@ def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None
             "to replace it, or choose another trainer.output_dir"
         )
     parent = run_dir if run_dir.is_dir() else next((p for p in run_dir.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not can_create_in(parent):
         raise UserError(f"trainer.output_dir {run_dir}: {parent} is not writable")
+
+
+def can_create_in(directory: Path) -> bool:
+    """Create and remove a probe file: `os.access` says yes to root everywhere (/proc included)
+    and can be wrong on NFS or with ACLs."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".r3fast-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def clean_stale(run_dir: str | Path) -> list[str]:

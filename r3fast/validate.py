@@ -20,7 +20,7 @@ from .config import R3Config
 from .errors import UserError
 from .failure_file import read_failures
 from .model_names import check_model_name
-from .rundir import check_resume_config, check_run_dir
+from .rundir import can_create_in, check_resume_config, check_run_dir
 
 __all__ = ["build_task", "check_out_path", "check_train", "mine_command", "need_package"]
 
@@ -76,7 +76,7 @@ def check_out_path(path: str | os.PathLike, flag: str) -> None:
     """An output file can be written: its directory exists (or can be made) and is writable."""
     parent = Path(path).resolve().parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if existing is None or not existing.is_dir() or not can_create_in(existing):
         raise UserError(f"{flag} {path}: cannot write there ({existing} is not a writable directory)")
 
 
