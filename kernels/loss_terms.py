@@ -55,11 +55,14 @@ def per_token_loss(
     eps_low: float,
     eps_high: float,
     is_weights: Tensor | None = None,
+    bias_correction_kl: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """L_t, kl_t (detached) and the clip mask for the masked tokens. All [M].
 
     is_weights [M]: importance weights correcting for the sampler/learner mismatch; like TRL they
-    scale the clipped surrogate only, not the KL term."""
+    scale the clipped surrogate only, not the KL term. bias_correction_kl: TRL's
+    `use_bias_correction_kl`, the KL term times the ratio r_t (with its gradient: at r ≡ 1 the
+    value is unchanged but the gradient gains kl_t·∇logp_t)."""
     old = logp.detach() if old_logp is None else old_logp
     loss, active = clipped_surrogate(logp, old, adv, eps_low, eps_high)
     if is_weights is not None:
@@ -68,7 +71,7 @@ def per_token_loss(
         return loss, torch.zeros_like(logp).detach(), active
     kl = k3_kl(logp, ref_logp)
     if beta > 0:
-        loss = loss + beta * kl
+        loss = loss + beta * (kl * torch.exp(logp - old) if bias_correction_kl else kl)
     return loss, kl.detach(), active
 
 
@@ -156,10 +159,6 @@ LOSS_TYPES: dict[str, LossType] = {
 }
 
 
-REDUCTIONS = {name: t.weights for name, t in LOSS_TYPES.items()}  # kept for kernels/reference.py until it
-# is rewritten independently (issue 12)
-
-
 def reduce_span_loss(
     logp: Tensor,
     entropy: Tensor,
@@ -174,9 +173,12 @@ def reduce_span_loss(
     weights: Weights,
     num_items: float | Tensor | None,
     is_weights: Tensor | None = None,
+    bias_correction_kl: bool = False,
 ) -> SpanLossOutput:
     """From logp [M] (carrying the graph back to h and W) to the scalar loss and the log outputs."""
-    loss_t, kl, active = per_token_loss(logp, old_logp, ref_logp, adv, beta, eps_low, eps_high, is_weights)
+    loss_t, kl, active = per_token_loss(
+        logp, old_logp, ref_logp, adv, beta, eps_low, eps_high, is_weights, bias_correction_kl
+    )
     w = weights(logp.numel(), seq, num_items, logp.device)
     loss = (loss_t * w.to(loss_t.dtype)).sum()  # an empty sum is 0 and keeps the graph (zero grads for M = 0)
     clip_frac = active.float().mean() if active.numel() else torch.zeros((), device=logp.device)

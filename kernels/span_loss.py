@@ -131,6 +131,7 @@ def span_grpo_loss(
     seq_ids: Tensor | None = None,
     num_items: float | Tensor | None = None,
     is_weights: Tensor | None = None,
+    bias_correction_kl: bool = False,
     impl: str = "auto",
 ) -> SpanLossOutput:
     """GRPO loss on the masked positions of packed rows, without materialising [M, V] logits.
@@ -139,7 +140,8 @@ def span_grpo_loss(
     predicting a reflection token), advantages [N]; old_logp / ref_logp [M] (masked positions, in
     order) or [N]; seq_ids [N] sequence id of each position (needed by "grpo"); num_items: the
     global denominator across micro-batches and ranks (see `loss_terms.py`); is_weights [M] or [N]:
-    importance weights on the clipped surrogate (sampler/learner correction, TRL's placement); impl: "auto"
+    importance weights on the clipped surrogate (sampler/learner correction, TRL's placement);
+    bias_correction_kl: the KL term times the ratio (TRL's `use_bias_correction_kl`); impl: "auto"
     (Triton on CUDA, else torch), "triton" or "torch". Returns a `SpanLossOutput`.
     """
     fn = _logp_fn(impl, hidden)
@@ -164,6 +166,7 @@ def span_grpo_loss(
         weights=LOSS_TYPES[loss_type].weights,
         num_items=num_items,
         is_weights=_at_mask(is_weights, idx, n),
+        bias_correction_kl=bool(bias_correction_kl),
     )
 
 

@@ -10,6 +10,7 @@ import torch
 from .config import LossConfig
 from .data import PackedBatch, StepPlan
 from .kernels import LOSS_TYPES, span_grpo_loss, span_logprobs
+from .lora import head_weight
 from .model import forward_hidden
 
 __all__ = ["SpanLoss", "check_supported", "lm_head_weight"]
@@ -29,13 +30,15 @@ def check_supported(model: torch.nn.Module) -> None:
                 f"{type(model).__name__} scales logits ({attr}); the span loss does not"
             )
     head = model.get_output_embeddings()
+    head = head.get_base_layer() if hasattr(head, "get_base_layer") else head  # a LoRA-wrapped head
     if head is None or getattr(head, "bias", None) is not None:
         raise NotImplementedError("the span loss needs an lm_head without bias")
 
 
 def lm_head_weight(model: torch.nn.Module) -> torch.Tensor:
-    """[V, H]; with tied embeddings this is the input embedding itself (gradients add up)."""
-    return model.get_output_embeddings().weight
+    """[V, H]; with tied embeddings this is the input embedding itself (gradients add up); with a
+    LoRA head the merged weight, differentiable to the adapter."""
+    return head_weight(model)
 
 
 @dataclass
@@ -45,6 +48,21 @@ class SpanLoss:
     """The sampling temperature: log-probs are taken under the distribution that was sampled."""
     max_span_tokens: int
     """dr_grpo's constant per-sequence length (TRL: max_completion_length)."""
+    compute_dtype: torch.dtype = torch.float32
+    """bfloat16: mixed precision (model.compute_dtype). The forward runs under autocast and the span
+    kernel gets bf16 hidden states and a bf16 view of the head weight (its gradient flows back to the
+    fp32 master); per-token terms and reductions stay fp32 inside the kernel."""
+
+    def _hidden_and_head(self, model: torch.nn.Module, batch: PackedBatch):
+        """(hidden [T, H], head weight [V, H], attention backend) in the compute dtype."""
+        mixed = self.compute_dtype != torch.float32
+        device = batch.input_ids.device.type
+        with torch.autocast(device, dtype=self.compute_dtype, enabled=mixed):
+            hidden, backend = forward_hidden(model, batch)
+        weight = lm_head_weight(model)
+        if mixed:
+            hidden, weight = hidden.to(self.compute_dtype), weight.to(self.compute_dtype)
+        return hidden, weight, backend
 
     def num_items(self, plan: StepPlan) -> float | None:
         """The whole optimiser step's denominator, so micro-batch losses add up to the step loss."""
@@ -59,10 +77,10 @@ class SpanLoss:
     @torch.no_grad()
     def logprobs(self, model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
         """[M] log-probs of the span tokens (reference or old policy)."""
-        hidden, _ = forward_hidden(model, batch)
+        hidden, weight, _ = self._hidden_and_head(model, batch)
         return span_logprobs(
             hidden,
-            lm_head_weight(model),
+            weight,
             batch.targets,
             batch.span_mask,
             temperature=self.temperature,
@@ -81,16 +99,17 @@ class SpanLoss:
     ):
         """(SpanLossOutput, attention backend) of one packed row. ref_logp / old_logp / is_weights:
         [M] per span token (reference policy, old policy for the ratio, importance weights)."""
-        hidden, backend = forward_hidden(model, batch)
+        hidden, weight, backend = self._hidden_and_head(model, batch)
         out = span_grpo_loss(
             hidden,
-            lm_head_weight(model),
+            weight,
             batch.targets,
             batch.span_mask,
             batch.advantages,
             ref_logp=ref_logp,
             old_logp=old_logp,
             is_weights=is_weights,
+            bias_correction_kl=self.cfg.bias_correction_kl,
             beta=self.cfg.beta,
             eps_low=self.cfg.eps_low,
             eps_high=self.cfg.eps_high,

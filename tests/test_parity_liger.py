@@ -1,0 +1,77 @@
+"""Same loss and gradients as Liger's `LigerFusedLinearGRPOLoss` (liger-kernel pinned in the test
+extras), for every loss type both define, on the same hidden states, lm_head weight, tokens,
+advantages, old and reference log-probs; both KL gradients (plain k3 and the ratio-weighted one)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from r3fast.kernels import span_grpo_loss
+
+liger = pytest.importorskip("liger_kernel.chunked_loss", reason="liger-kernel is in the test extras")
+
+B, T, H, V, TAU = 5, 11, 24, 203, 0.9
+
+
+def problem(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([11, 3, 7, 1, 9])  # completions of different lengths, right-padded
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # [B, T]
+    hidden = torch.randn(B, T, H, generator=g)
+    weight = 0.4 * torch.randn(V, H, generator=g)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    logp = torch.log_softmax((hidden @ weight.T) / TAU, -1).gather(-1, ids[..., None]).squeeze(-1)
+    return dict(
+        hidden=hidden,
+        weight=weight,
+        ids=ids,
+        mask=mask,
+        adv=torch.randn(B, generator=g),
+        old=logp + 0.3 * torch.randn(B, T, generator=g),  # ratios on both sides of the clip range
+        ref=logp + 0.3 * torch.randn(B, T, generator=g),
+    )
+
+
+@pytest.mark.parametrize("bias_kl", [False, True], ids=["k3", "bias_corrected_kl"])
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_loss_and_gradients_equal_liger(loss_type, bias_kl):
+    p = problem(seed=7)
+    kw = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28)
+    theirs_loss = liger.LigerFusedLinearGRPOLoss(
+        **kw, loss_type=loss_type, compiled=False, use_ref_model=True, chunk_size=2, temperature=TAU,
+        max_completion_length=T, use_bias_correction_kl=bias_kl,
+    )  # fmt: skip
+    h1 = p["hidden"].clone().requires_grad_()
+    w1 = p["weight"].clone().requires_grad_()
+    out = theirs_loss(
+        h1, w1, p["ids"], p["mask"], p["adv"], ref_per_token_logps=p["ref"], old_per_token_logps=p["old"]
+    )
+    theirs = out[0] if isinstance(out, tuple) else out
+    theirs.backward()
+
+    h2 = p["hidden"].reshape(B * T, H).clone().requires_grad_()
+    w2 = p["weight"].clone().requires_grad_()
+    m = p["mask"].reshape(-1).bool()
+    mine = span_grpo_loss(
+        h2,
+        w2,
+        p["ids"].reshape(-1),
+        m,
+        p["adv"][:, None].expand(B, T).reshape(-1),
+        old_logp=p["old"].reshape(-1),
+        ref_logp=p["ref"].reshape(-1),
+        beta=kw["beta"],
+        eps_low=kw["epsilon_low"],
+        eps_high=kw["epsilon_high"],
+        temperature=TAU,
+        loss_type=loss_type,
+        seq_ids=torch.arange(B)[:, None].expand(B, T).reshape(-1),
+        # dr_grpo: Liger divides by B × max_completion_length, as TRL does
+        num_items=B * T if loss_type == "dr_grpo" else None,
+        bias_correction_kl=bias_kl,
+        impl="torch",
+    )
+    mine.loss.backward()
+    torch.testing.assert_close(mine.loss, theirs.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h2.grad.reshape(B, T, H), h1.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-4, atol=1e-6)
