@@ -3,7 +3,8 @@
 A checkpoint is written to a temp directory and renamed into place, then `latest` is replaced
 (also by rename): a crash at any moment leaves the previous checkpoint intact and findable.
 A transformers model is written with `save_pretrained` (plus the tokenizer when given), so
-`from_pretrained(<run>/checkpoints/step_N)` and `r3fast eval --model <that dir>` load it.
+`from_pretrained(<run>/checkpoints/step_N)` and `r3fast eval --model <that dir>` load it; a LoRA
+run's checkpoint holds the adapter (peft's `AutoPeftModelForCausalLM` and `r3fast eval` load it).
 Pruning keeps the newest checkpoints by the step each one recorded, never by directory name.
 """
 
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_model
 
 from .atomic import atomic_dir, write_text_atomic
+from .lora import is_lora
 from .rundir import latest_checkpoint
 
 __all__ = ["latest_checkpoint", "load_checkpoint", "prune_checkpoints", "save_checkpoint"]
@@ -91,6 +93,13 @@ def prune_checkpoints(ckpt_root: Path, *, current: Path, keep: int) -> list[Path
 
 
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    if is_lora(model):  # a LoRA run saves (and resumes) its adapters; the frozen base reloads from its name
+        from peft import set_peft_model_state_dict
+
+        res = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        if res.unexpected_keys:
+            raise RuntimeError(f"{path}: adapter does not match the model (unexpected {res.unexpected_keys})")
+        return
     state = {}
     for f in sorted(path.glob("*.safetensors")):  # one file, or save_pretrained's shards
         state.update(load_file(str(f)))

@@ -19,6 +19,7 @@ import torch
 
 from .data import PackedBatch, StepPlan, TrainSequence, pack_sequences, plan_step
 from .guard import NonFiniteGuard
+from .lora import reference_off
 from .loss import SpanLoss
 
 __all__ = ["Learner", "correction_weights"]
@@ -53,6 +54,7 @@ def correction_weights(
 class Learner:
     model: torch.nn.Module
     ref_model: torch.nn.Module | None
+    """The frozen KL reference; None with ref_adapters_off or β = 0."""
     loss: SpanLoss
     optimizer: torch.optim.Optimizer
     guard: NonFiniteGuard
@@ -62,12 +64,23 @@ class Learner:
     num_iterations: int = 1
     is_correction: str = "none"
     is_cap: float = 3.0
+    ref_adapters_off: bool = False
+    """LoRA: the reference is the policy itself with its adapters disabled (no second copy)."""
+
+    def ref_logprobs(self, row: PackedBatch) -> Tensor | None:
+        """[M] reference log-probs of the row's span tokens, or None when there is no KL term."""
+        if self.ref_model is not None:
+            return self.loss.logprobs(self.ref_model, row)
+        if self.ref_adapters_off:
+            with reference_off(self.model):
+                return self.loss.logprobs(self.model, row)
+        return None
 
     def step(self, plan: StepPlan, rows: list[PackedBatch], *, label: str = "step") -> dict:
         """μ optimiser updates over one step's rows; metrics of the last update (+ correction)."""
         rows = [r.to(self.device) for r in rows]
         self.model.train()
-        ref = [self.loss.logprobs(self.ref_model, r) if self.ref_model is not None else None for r in rows]
+        ref = [self.ref_logprobs(r) for r in rows]
         need_old = self.num_iterations > 1 or self.is_correction != "none"
         old = [self.loss.logprobs(self.model, r) if need_old else None for r in rows]
         weights, stats = self._correct(rows, old)
@@ -90,14 +103,14 @@ class Learner:
         )
         row = pack_sequences([seq], max_tokens)[0].to(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        if self.ref_model is not None:
-            self.loss.logprobs(self.ref_model, row)
+        self.ref_logprobs(row)
         out, _ = self.loss(self.model, row, plan_step([seq]))
         out.loss.backward()
         peak = torch.cuda.max_memory_reserved(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        per_elem = 2 if eight_bit else 2 * next(self.model.parameters()).element_size()
-        return peak + per_elem * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        per_elem = 2 if eight_bit else 2 * trainable[0].element_size()
+        return peak + per_elem * sum(p.numel() for p in trainable)
 
     def _correct(self, rows: list[PackedBatch], old: list[Tensor | None]) -> tuple[list, dict]:
         no_sampler = any(r.sampler_logp is None for r in rows)

@@ -86,13 +86,39 @@ def load_model(
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
+    load_in_4bit: bool = False,
+    compute_dtype: torch.dtype | str = torch.bfloat16,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load `(model, tokenizer)` from an embedded name, a local directory or an HF hub id."""
+    """Load `(model, tokenizer)` from an embedded name, a local directory or an HF hub id.
+
+    load_in_4bit: the weights as 4-bit NF4 (bitsandbytes, CUDA), for QLoRA; compute_dtype is then
+    the dtype its matmuls run in."""
     path = resolve_model_path(name_or_path)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    kw: dict = {"dtype": dtype}
+    if load_in_4bit:
+        if torch.device(device).type != "cuda":
+            raise UserError("model.load_in_4bit needs a CUDA device (bitsandbytes 4-bit)")
+        from transformers import BitsAndBytesConfig
+
+        cd = getattr(torch, compute_dtype) if isinstance(compute_dtype, str) else compute_dtype
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=cd,
+            bnb_4bit_use_double_quant=True,
+        )
+        kw["device_map"] = {"": torch.device(device)}
+    adapter_only = (Path(path) / "adapter_config.json").is_file() and not (
+        Path(path) / "config.json"
+    ).is_file()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        if adapter_only:  # a LoRA run's checkpoint: its base (recorded in the adapter) + the adapter, merged
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, **kw).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kw)
     except OSError as e:  # not on the hub, no network, gated: the user's to fix, not a bug
         raise UserError(f"model {name_or_path}: {' '.join(str(e).split())}") from None
-    return model.to(device), load_tokenizer(path)
+    return (model if load_in_4bit else model.to(device)), load_tokenizer(path)

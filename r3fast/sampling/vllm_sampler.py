@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from ..lora import merged_weights  # HF names, tied weights once; LoRA adapters merged in
 from ..models import load_tokenizer, resolve_model_path
 from . import memory
 from . import vllm_compat as compat
@@ -76,12 +77,6 @@ def iter_buckets(
         size += nbytes
     if bucket:
         yield bucket
-
-
-def _learner_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """HF-named parameters (tied ones once), torch.compile's `_orig_mod.` prefix removed."""
-    for name, p in model.named_parameters():
-        yield name.replace("_orig_mod.", ""), p
 
 
 class VLLMSampler:
@@ -214,7 +209,7 @@ class VLLMSampler:
             compat.begin_weight_update(self.llm)
             try:
                 for bucket in iter_buckets(
-                    _learner_tensors(model), bucket_bytes, dtype=self.dtype, device=self.device
+                    merged_weights(model), bucket_bytes, dtype=self.dtype, device=self.device
                 ):
                     loaded |= compat.load_weights(self.llm, bucket)
                     nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
