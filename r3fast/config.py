@@ -20,6 +20,7 @@ import yaml
 
 from .coerce import coerce
 from .errors import ConfigError, UserError
+from .prompts import REFLECT_PROMPT
 
 __all__ = [
     "DataConfig",
@@ -66,13 +67,51 @@ class ModelConfig(_Section):
     name: str = "smollm2-135m-instruct"
     """Embedded model name, local save_pretrained directory, or HF hub id (`org/name` or `gpt2`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Learner parameter dtype."""
+    """Learner parameter dtype: the master weights, their gradients and the optimiser state."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Learner compute dtype: bfloat16 runs forward, span loss and backward under autocast while the
+    weights, gradients and AdamW state stay in `dtype` (mixed precision); the sampler serves it."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward instead of keeping them."""
+    lora: dict[str, Any] | None = None
+    """LoRA adapters (peft), e.g. {r: 16, alpha: 32, dropout: 0.0, target_modules: all-linear};
+    null trains every weight. The KL reference is then the same model with its adapters disabled."""
+    load_in_4bit: bool = False
+    """QLoRA: the frozen base quantised to 4-bit NF4 (bitsandbytes, CUDA only; needs lora)."""
+
+    LORA_KEYS: ClassVar[dict[str, Any]] = {
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": "all-linear",
+    }
 
     def _check(self) -> None:
         self._need("name", bool(self.name.strip()), "a model name or path")
         self._need("device", bool(_DEVICE.match(self.device)), "auto, cpu, mps, cuda or cuda:N")
+        if self.lora is not None:
+            self.lora = _lora_spec(self.lora)
+        if self.load_in_4bit and self.lora is None:
+            raise ConfigError("model.load_in_4bit trains through LoRA adapters: set model.lora too")
+
+
+def _lora_spec(raw: dict[str, Any]) -> dict[str, Any]:
+    """model.lora with every key present and checked (unknown keys, types, ranges)."""
+    unknown = set(raw) - set(ModelConfig.LORA_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"model.lora: unknown key(s) {sorted(unknown)}; known: {list(ModelConfig.LORA_KEYS)}"
+        )
+    spec = {**ModelConfig.LORA_KEYS, **raw}
+    spec["r"] = coerce(spec["r"], int, "model.lora.r")
+    spec["alpha"] = coerce(spec["alpha"], float, "model.lora.alpha")
+    spec["dropout"] = coerce(spec["dropout"], float, "model.lora.dropout")
+    spec["target_modules"] = coerce(spec["target_modules"], str | list[str], "model.lora.target_modules")
+    if spec["r"] < 1 or spec["alpha"] <= 0 or not 0 <= spec["dropout"] < 1:
+        raise ConfigError(f"model.lora needs r >= 1, alpha > 0, dropout in [0, 1), got {raw}")
+    return spec
 
 
 @dataclass(kw_only=True)
@@ -84,6 +123,11 @@ class TaskConfig(_Section):
     """A registered task (r3fast.tasks.available_tasks())."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for get_task (difficulty knobs, dataset paths)."""
+    reflect_prompt: str = REFLECT_PROMPT
+    """The user turn that asks for a reflection after a failed attempt (default: the paper's)."""
+
+    def _check(self) -> None:
+        self._need("reflect_prompt", bool(self.reflect_prompt.strip()), "a non-empty instruction")
 
 
 @dataclass(kw_only=True)
@@ -147,6 +191,9 @@ class LossConfig(_Section):
     """Lower clip range of the importance ratio."""
     eps_high: float = 0.2
     """Upper clip range of the importance ratio."""
+    bias_correction_kl: bool = False
+    """TRL's use_bias_correction_kl (TRL's default: true): the KL term times the importance ratio.
+    Same value at ratio 1, but the gradient gains kl·∇logp; false is the plain k3 gradient."""
     impl: Literal["auto", "triton", "triton_atomic", "triton_splitv", "torch"] = "auto"
     """Span-loss implementation: auto (triton on CUDA, else torch); triton = Triton forward + split-V
     backward (deterministic); triton_atomic = the tiled backward with fp32 atomics; torch = chunked."""
@@ -249,8 +296,9 @@ class TrainerConfig(_Section):
     """Checkpoints kept on disk, newest by recorded step."""
     eval_n: int = 64
     """Held-out examples for the four-column report (0 skips evaluation)."""
-    eval_temperature: float = 0.0
-    """0 is greedy: a deterministic report."""
+    eval_temperatures: list[float] = field(default_factory=lambda: [0.0])
+    """Decodings of the final report, each on the same examples (0 is greedy); the first is the
+    headline (summary, r3_effect.json, periodic evaluation)."""
     eval_every: int = 0
     """Measure a small fixed held-out set every this many steps (0: never); logged and plotted."""
     eval_every_n: int = 16
@@ -274,7 +322,8 @@ class TrainerConfig(_Section):
             self._need(name, getattr(self, name) >= 0, ">= 0")
         for name in ("keep_checkpoints", "eval_every_n", "max_nonfinite_steps"):
             self._need(name, getattr(self, name) >= 1, ">= 1")
-        self._need("eval_temperature", self.eval_temperature >= 0, ">= 0")
+        self._need("eval_temperatures", bool(self.eval_temperatures) and min(self.eval_temperatures) >= 0,
+                   "a non-empty list of temperatures >= 0")  # fmt: skip
         self._need("report_to", set(self.report_to) <= set(REPORTERS), f"a list from {list(REPORTERS)}")
 
     @property

@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass, field
 
 from .generation import generate_chunked
-from .prompts import render
+from .prompts import REFLECT_PROMPT, render
 from .rollout import reflect_and_retry
 from .sampling import Sampler, SamplingParams
 
-__all__ = ["EvalResult", "evaluate", "format_eval_table"]
+__all__ = ["EvalResult", "decoding_label", "evaluate", "format_eval_table"]
 
 
 @dataclass(kw_only=True)
@@ -30,6 +30,18 @@ class EvalResult:
     @property
     def second_acc(self) -> float:
         return self.second_correct / max(self.n, 1)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> EvalResult:
+        """Back from the saved {"summary", "records"} file."""
+        s = raw["summary"]
+        return cls(
+            n=s["n"],
+            first_correct=s["first_try_correct"],
+            second_correct=s["second_try_correct"],
+            seconds=s["seconds"],
+            records=raw["records"],
+        )
 
     def summary(self) -> dict:
         return {
@@ -52,6 +64,7 @@ def evaluate(
     reflection_params: SamplingParams,
     chunk_size: int = 32,
     progress: bool = True,
+    reflect_prompt: str = REFLECT_PROMPT,
 ) -> EvalResult:
     """One attempt per example; each failure gets one reflection and one retry."""
     t0 = time.perf_counter()
@@ -81,6 +94,7 @@ def evaluate(
             answer_params=answer_params,
             chunk_size=chunk_size,
             progress=progress,
+            reflect_prompt=reflect_prompt,
         )
         for i, r, s in zip(failed, refl, retries):
             ex = records[i]["example"]
@@ -94,6 +108,11 @@ def evaluate(
         seconds=time.perf_counter() - t0,
         records=records,
     )
+
+
+def decoding_label(temperature: float) -> str:
+    """ "greedy" for temperature 0, else "T=0.9"."""
+    return "greedy" if temperature == 0 else f"T={temperature:g}"
 
 
 def format_eval_table(rows: dict[str, EvalResult]) -> str:

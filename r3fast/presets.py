@@ -44,7 +44,7 @@ def countdown_demo() -> R3Config:
         # Shared-prefix rows: the learner sees each group's ~150-token prefix once, not 8 times.
         data=DataConfig(online=True, failures_per_step=6, mine_tries=2, max_tokens=4096, shared_prefix=True),
         trainer=TrainerConfig(
-            steps=8, output_dir="runs/countdown-demo", save_every=4, eval_n=96, eval_temperature=0.9
+            steps=8, output_dir="runs/countdown-demo", save_every=4, eval_n=96, eval_temperatures=[0.9]
         ),
     )
 

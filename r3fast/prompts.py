@@ -32,17 +32,21 @@ def attempt_messages(task_messages: Messages) -> Messages:
     return [dict(m) for m in task_messages]
 
 
-def reflect_messages(task_messages: Messages, failed_answer: str) -> Messages:
+def reflect_messages(
+    task_messages: Messages, failed_answer: str, reflect_prompt: str = REFLECT_PROMPT
+) -> Messages:
     return attempt_messages(task_messages) + [
         {"role": "assistant", "content": failed_answer},
-        {"role": "user", "content": REFLECT_PROMPT},
+        {"role": "user", "content": reflect_prompt},
     ]
 
 
-def retry_messages(task_messages: Messages, failed_answer: str, reflection: str) -> Messages:
+def retry_messages(
+    task_messages: Messages, failed_answer: str, reflection: str, reflect_prompt: str = REFLECT_PROMPT
+) -> Messages:
     """The original question asked again (its last user turn), the reflection in context."""
     question = next((m["content"] for m in reversed(task_messages) if m["role"] == "user"), "")
-    return reflect_messages(task_messages, failed_answer) + [
+    return reflect_messages(task_messages, failed_answer, reflect_prompt) + [
         {"role": "assistant", "content": reflection},
         {"role": "user", "content": RETRY_PROMPT + question},
     ]

@@ -1,13 +1,13 @@
 """End-of-run artefacts: PNG plots of the training curves and `report.md` with the paper's
-four columns (vanilla 1st / 2nd try, trained 1st / 2nd try)."""
+four columns (vanilla 1st / 2nd try, trained 1st / 2nd try) and their intervals."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .evaluate import EvalResult
+from .effect import effect_table
 
-__all__ = ["four_column_table", "plot_metrics", "write_report"]
+__all__ = ["plot_metrics", "write_report"]
 
 PLOTS = {
     "reward.png": ("reward_mean", "reward (retry success after a reflection)"),
@@ -18,6 +18,39 @@ PLOTS = {
 }
 
 
+# One figure, panels side by side: the held-out curve next to what training saw.
+CURVES = (
+    (("eval_first_try", "eval_second_try"), "held-out accuracy (eval_every)"),
+    (("reward_mean", "frac_groups_with_signal"), "training: retry success, groups with signal"),
+    (("reflection_truncated_frac",), "reflections cut at the length cap"),
+)
+
+
+def _series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
+    # Numbers only: a diverged step logs null (metrics.jsonl is strict JSON).
+    return [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
+
+
+def plot_curves(metrics: list[dict], path: Path, plt) -> bool:
+    if not any(_series(metrics, k) for keys, _ in CURVES for k in keys):
+        return False
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
+    for ax, (keys, title) in zip(axes, CURVES):
+        for key in keys:
+            pts = _series(metrics, key)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=key)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_metrics(metrics: list[dict], out_dir: str | Path) -> list[Path]:
     import matplotlib
 
@@ -25,11 +58,14 @@ def plot_metrics(metrics: list[dict], out_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    written = []
+    written = (
+        [out_dir / "learning_curves.png"]
+        if plot_curves(metrics, out_dir / "learning_curves.png", plt)
+        else []
+    )
     for name, (keys, title) in PLOTS.items():
         keys = (keys,) if isinstance(keys, str) else keys
-        # Numbers only: a diverged step logs null (metrics.jsonl is strict JSON).
-        series = {k: [(m["step"], m[k]) for m in metrics if isinstance(m.get(k), (int, float))] for k in keys}
+        series = {k: _series(metrics, k) for k in keys}
         if not any(series.values()):
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -48,23 +84,11 @@ def plot_metrics(metrics: list[dict], out_dir: str | Path) -> list[Path]:
     return written
 
 
-def four_column_table(vanilla: EvalResult, trained: EvalResult) -> str:
-    return "\n".join(
-        [
-            "| n | vanilla 1st try | vanilla 2nd try | trained 1st try | trained 2nd try |",
-            "|---:|---:|---:|---:|---:|",
-            f"| {vanilla.n} | {vanilla.first_acc:.1%} | {vanilla.second_acc:.1%} "
-            f"| {trained.first_acc:.1%} | {trained.second_acc:.1%} |",
-        ]
-    )
-
-
 def write_report(
     run_dir: str | Path,
     *,
     title: str,
-    vanilla: EvalResult | None,
-    trained: EvalResult | None,
+    effects: dict[str, dict],
     metrics: list[dict],
     config: dict,
     seconds: float,
@@ -72,9 +96,9 @@ def write_report(
     run_dir = Path(run_dir)
     plots = plot_metrics(metrics, run_dir)
     lines = [f"# {title}", ""]
-    if vanilla is not None and trained is not None:
-        lines += ["Held-out accuracy (2nd try = right on the 1st try, or right after one reflection):", ""]
-        lines += [four_column_table(vanilla, trained), ""]
+    if effects:
+        lines += ["Held-out accuracy, vanilla vs trained, on the same problems:", ""]
+        lines += [effect_table(effects), ""]
     if metrics:
         last = metrics[-1]
         keys = ("reward_mean", "frac_groups_with_signal", "reflection_len_mean", "loss", "kl", "tokens_per_s")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .data import TrainSequence
 from .failure_file import Failure
 from .generation import generate_chunked
-from .prompts import reflect_messages, render, retry_messages
+from .prompts import REFLECT_PROMPT, reflect_messages, render, retry_messages
 from .sampling import Completion, Sampler, SamplingParams
 
 __all__ = [
@@ -89,12 +89,13 @@ def reflect_and_retry(
     answer_params: SamplingParams,
     chunk_size: int = 64,
     progress: bool = True,
+    reflect_prompt: str = REFLECT_PROMPT,
 ) -> tuple[list[list[int]], list[list[Completion]], list[list[str]]]:
     """For each failed attempt: `n` reflections, then one retry after each.
 
     Returns (reflect-prompt ids, the n reflections, the n retry texts), one entry per attempt.
     """
-    prompts = [render(tokenizer, reflect_messages(m, a)) for m, a in zip(task_msgs, attempts)]
+    prompts = [render(tokenizer, reflect_messages(m, a, reflect_prompt)) for m, a in zip(task_msgs, attempts)]
     refl = generate_chunked(
         sampler,
         prompts,
@@ -104,7 +105,7 @@ def reflect_and_retry(
         progress=progress,
     )
     retry_prompts = [
-        render(tokenizer, retry_messages(m, a, c.text))
+        render(tokenizer, retry_messages(m, a, c.text, reflect_prompt))
         for m, a, group in zip(task_msgs, attempts, refl)
         for c in group
     ]
@@ -131,6 +132,7 @@ def rollout(
     answer_params: SamplingParams,
     chunk_size: int = 64,
     progress: bool = True,
+    reflect_prompt: str = REFLECT_PROMPT,
 ) -> RolloutResult:
     """Sample `group_size` reflections per failure, retry once after each, verify, score."""
     prompts, refl, retries = reflect_and_retry(
@@ -143,6 +145,7 @@ def rollout(
         answer_params=answer_params,
         chunk_size=chunk_size,
         progress=progress,
+        reflect_prompt=reflect_prompt,
     )
     groups = []
     for f, p, group, texts in zip(failures, prompts, refl, retries):

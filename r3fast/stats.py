@@ -1,4 +1,5 @@
-"""95 % intervals: Wilson for accuracies, percentile bootstrap for means, paired bootstrap for gaps."""
+"""95 % intervals, shared by every evaluation: Wilson for accuracies, percentile bootstrap for means,
+paired bootstrap for gaps (the same examples scored two ways)."""
 
 from __future__ import annotations
 

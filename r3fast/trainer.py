@@ -22,17 +22,19 @@ from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
 from .data import pack_step
-from .evaluate import EvalResult, evaluate, format_eval_table
+from .effect import effect, effect_table, write_effect
+from .evaluate import EvalResult, decoding_label, evaluate, format_eval_table
 from .failures import FailureSource
 from .guard import NonFiniteGuard
 from .learner import Learner
+from .lora import apply_lora, is_lora, save_merged
 from .loss import SpanLoss, check_supported
 from .metrics import MetricsLogger, peak_memory_mb, read_metrics
 from .model import use_packed_attention
 from .models import load_model, resolve_device
 from .optim import build_optimizer, build_scheduler
 from .progress import progress_bar, quiet_library_bars
-from .report import four_column_table, write_report
+from .report import write_report
 from .rollout import rollout, to_sequences
 from .rundir import check_resume_config, prepare_run_dir
 from .sampling import HFSampler, Sampler, SamplingParams, VLLMSampler
@@ -71,23 +73,35 @@ class R3Trainer:
         )
         self.device = resolve_device(config.model.device)
         self.task = task if task is not None else get_task(config.task.name, **config.task.options)
+        mc = config.model
         if model is None:
-            model, tokenizer = load_model(config.model.name, dtype=config.model.dtype, device=self.device)
+            model, tokenizer = load_model(
+                mc.name, dtype=mc.dtype, device=self.device, load_in_4bit=mc.load_in_4bit,
+                compute_dtype=mc.compute_dtype,
+            )  # fmt: skip
         elif tokenizer is None:
             raise ValueError("pass tokenizer= together with model=")
-        self.model, self.tokenizer = model.to(self.device), tokenizer
+        self.model, self.tokenizer = (model if mc.load_in_4bit else model.to(self.device)), tokenizer
         check_supported(self.model)
         # Varlen attention over packed rows (flash-attn / torch varlen / flex / per-sequence SDPA),
         # instead of transformers' dense [T, T] block mask. The reference copy below inherits it.
         use_packed_attention(self.model)
-        # The reference policy for the KL term: frozen, and only loaded when it is used.
+        if mc.gradient_checkpointing:  # non-reentrant: works with LoRA and with our attention kwargs
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if mc.lora is not None:
+            self.model = apply_lora(self.model, mc.lora, quantized=mc.load_in_4bit)
+        # The reference policy for the KL term, only when it is used: LoRA disables the adapters of the
+        # policy itself; a full fine-tune keeps a frozen copy.
         self.ref_model = None
-        if config.loss.beta > 0:
+        if config.loss.beta > 0 and mc.lora is None:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.steps)
         s = config.sampler
-        self.loss = SpanLoss(config.loss, temperature=s.temperature, max_span_tokens=s.max_reflection_tokens)
+        self.loss = SpanLoss(
+            config.loss, temperature=s.temperature, max_span_tokens=s.max_reflection_tokens,
+            compute_dtype=getattr(torch, mc.compute_dtype),
+        )  # fmt: skip
         self.guard = NonFiniteGuard(config.trainer.max_nonfinite_steps)
         lc = config.loss
         self.learner = Learner(
@@ -101,6 +115,7 @@ class R3Trainer:
             num_iterations=lc.num_iterations,
             is_correction=lc.is_correction,
             is_cap=lc.is_cap,
+            ref_adapters_off=lc.beta > 0 and mc.lora is not None,
         )
         self.sampler = self._build_sampler()
         torch.manual_seed(config.trainer.seed)  # after the sampler: vLLM re-seeds the global generator
@@ -157,9 +172,12 @@ class R3Trainer:
                 eight_bit=self.cfg.optim.optimizer == "adamw8bit",
             )
         # vLLM raises VLLMUnavailableError with the reason when it cannot run: no fall-back to HF.
+        mc = self.cfg.model
         sampler = VLLMSampler(
-            self.cfg.model.name,
-            dtype=self.cfg.model.dtype,
+            mc.name,
+            dtype=mc.compute_dtype
+            if mc.compute_dtype != "float32"
+            else mc.dtype,  # what the learner computes in
             gpu_memory_utilization=s.gpu_memory_utilization,
             learner_bytes=learner_bytes,
             sync_bucket_mb=s.sync_bucket_mb,
@@ -185,10 +203,12 @@ class R3Trainer:
 
     # ---------------------------------------------------------------- evaluation
 
-    def evaluate(self, n: int | None = None) -> EvalResult:
+    def evaluate(self, n: int | None = None, temperature: float | None = None) -> EvalResult:
+        """1st try, then reflection + 2nd try on failures, over the first n held-out examples
+        (always the same ones); temperature: default the headline decoding (0 is greedy)."""
         n = self.cfg.trainer.eval_n if n is None else n
         examples = self.task.dataset(n, seed=self.cfg.trainer.seed, split="eval")
-        t = self.cfg.trainer.eval_temperature
+        t = self.cfg.trainer.eval_temperatures[0] if temperature is None else temperature
         seed = self.cfg.trainer.seed
         self.sampler.wake()
         try:
@@ -205,28 +225,27 @@ class R3Trainer:
                 ),
                 chunk_size=self.cfg.sampler.chunk_size,
                 progress=self.cfg.trainer.progress,
+                reflect_prompt=self.cfg.task.reflect_prompt,
             )
         finally:
             self.sampler.sleep()
 
-    def _eval_cached(self, name: str) -> EvalResult | None:
-        """Run (or, after a resume, reload) one evaluation and save every example's texts."""
+    def _final_evals(self, name: str) -> dict[str, EvalResult]:
+        """One evaluation per decoding of `trainer.eval_temperatures` (or, for the vanilla model
+        after a resume, their saved results), every example's texts saved as eval_<name>_<decoding>.json."""
         if self.cfg.trainer.eval_n <= 0:
-            return None
-        path = self.run_dir / f"eval_{name}.json"
-        if name == "vanilla" and self.resumed and path.is_file():
-            raw = json.loads(path.read_text())
-            s = raw["summary"]
-            return EvalResult(
-                n=s["n"],
-                first_correct=s["first_try_correct"],
-                second_correct=s["second_try_correct"],
-                seconds=s["seconds"],
-                records=raw["records"],
-            )
-        res = self.evaluate()
-        write_text_atomic(path, json.dumps({"summary": res.summary(), "records": res.records}, indent=1))
-        return res
+            return {}
+        out = {}
+        for t in self.cfg.trainer.eval_temperatures:
+            label = decoding_label(t)
+            path = self.run_dir / f"eval_{name}_{label.replace('=', '')}.json"
+            if name == "vanilla" and self.resumed and path.is_file():
+                out[label] = EvalResult.from_json(json.loads(path.read_text()))
+                continue
+            res = self.evaluate(temperature=t)
+            write_text_atomic(path, json.dumps({"summary": res.summary(), "records": res.records}, indent=1))
+            out[label] = res
+        return out
 
     # ---------------------------------------------------------------- one step
 
@@ -264,6 +283,7 @@ class R3Trainer:
             answer_params=self._params(reflection=False, seed=seed_for(seed, "retry", step)),
             chunk_size=cfg.sampler.chunk_size,
             progress=cfg.trainer.progress,
+            reflect_prompt=cfg.task.reflect_prompt,
         )
         self.sampler.sleep()
         t1 = time.perf_counter()
@@ -316,8 +336,11 @@ class R3Trainer:
         self.guard.check_weights(self.model, "final export")
         dest = self.run_dir / "final"
         with atomic_dir(dest) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+            if is_lora(self.model):  # merged weights (plain from_pretrained), the adapter in final/adapter
+                save_merged(self.model, tmp, self.tokenizer)
+            else:
+                self.model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
         return dest
 
     def _periodic_eval(self) -> dict:
@@ -337,7 +360,7 @@ class R3Trainer:
         write_text_atomic(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=1))
         if cfg.progress:
             print("\n".join(self._start_lines()), flush=True)
-        vanilla = self._eval_cached("vanilla")
+        vanilla = self._final_evals("vanilla")
         bar = progress_bar(
             total=cfg.steps,
             initial=self.step,
@@ -366,18 +389,19 @@ class R3Trainer:
         bar.close()
         self.save()
         final = self.export()
-        trained = self._eval_cached("trained")
+        trained = self._final_evals("trained")
         self.logger.close()
         summary = {"steps": self.step, "final_model": str(final), "seconds": time.perf_counter() - t_start}
-        if vanilla is not None and trained is not None:
-            summary.update(vanilla=vanilla.summary(), trained=trained.summary())
-            print(format_eval_table({"vanilla": vanilla, "trained": trained}))
-            print(four_column_table(vanilla, trained))
+        effects = {k: effect(vanilla[k], trained[k]) for k in vanilla}
+        if effects:
+            for k in vanilla:
+                print(format_eval_table({f"vanilla {k}": vanilla[k], f"trained {k}": trained[k]}))
+            print(effect_table(effects))
+            summary["effect"] = write_effect(self.run_dir, effects, self.cfg.to_dict(), summary["seconds"])
         report = write_report(
             self.run_dir,
             title=f"R3 on {getattr(self.task, 'name', 'task')} — {self.cfg.model.name}",
-            vanilla=vanilla,
-            trained=trained,
+            effects=effects,
             metrics=read_metrics(self.logger.path),
             config=self.cfg.to_dict(),
             seconds=summary["seconds"],

@@ -78,8 +78,10 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
         "report.md",
         "summary.json",
         "config.json",
-        "eval_vanilla.json",
-        "eval_trained.json",
+        "eval_vanilla_greedy.json",
+        "eval_trained_greedy.json",
+        "r3_effect.json",
+        "learning_curves.png",
         "reward.png",
         "retry_success.png",
         "reflection_length.png",
@@ -109,7 +111,12 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
         "peak_memory_mb",
     ):
         assert key in metrics[-1], key
-    assert "vanilla 1st try" in (run / "report.md").read_text()
+    assert "| decoding | n | vanilla 1st |" in (run / "report.md").read_text()
+    effect = json.loads((run / "r3_effect.json").read_text())
+    for key in ("n", "vanilla_first", "vanilla_second", "trained_first", "trained_second", "diff_first",
+                "diff_second", "diff_first_ci", "diff_second_ci", "config", "versions", "date", "wall_seconds"):
+        assert key in effect, key  # fmt: skip
+    assert effect["n"] == cfg.trainer.eval_n and effect["decoding"] == "greedy"
     assert summary["steps"] == 2
     from r3fast.models import load_model
 

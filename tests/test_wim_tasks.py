@@ -6,13 +6,13 @@ import random
 
 import pytest
 
+from r3fast.stats import bootstrap_mean, paired_bootstrap, wilson
 from r3fast.tasks import get_task
 from r3fast.tasks.cwe import CWETask, f1
 from r3fast.tasks.cwe import solve as solve_cwe
 from r3fast.tasks.multihop import MultiHopTask
 from r3fast.tasks.multihop import solve as solve_multihop
 from r3fast.wim.segments import split_segments, tokenize_document
-from r3fast.wim.stats import bootstrap_mean, paired_bootstrap, wilson
 
 GARBAGE = [None, 3, "", "\x00" * 50, "é" * 10_000, "Lisbon " * 5000, ["Lisbon"], {"a": 1}]
 BAD_EXAMPLES = [

@@ -12,10 +12,10 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from r3fast.stats import bootstrap_mean, paired_bootstrap, wilson
 from r3fast.wim.config import WimConfig
 from r3fast.wim.progress import MarginProgress
 from r3fast.wim.reading import WimReading, make_reader, plain_answer
-from r3fast.wim.stats import bootstrap_mean, paired_bootstrap, wilson
 
 __all__ = ["evaluate_wim", "format_wim_table", "summarize"]
 
