@@ -303,6 +303,8 @@ class TrainerConfig(_Section):
     """Measure a small fixed held-out set every this many steps (0: never); logged and plotted."""
     eval_every_n: int = 16
     """Size of that periodic held-out set."""
+    data_parallel: Literal["ddp", "fsdp2"] = "ddp"
+    """Under torchrun (world size > 1): ddp replicates the learner; fsdp2 shards it (fully_shard)."""
     max_nonfinite_steps: int = 3
     """Stop after this many consecutive steps skipped for a non-finite loss or grad norm."""
     report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])

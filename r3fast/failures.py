@@ -25,10 +25,16 @@ class FailureSource:
         seed: int = 0,
         tries: int = 4,
         pool_size: int = 2048,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        """rank/world: data-parallel shares. Every rank walks the same seeded order and takes every
+        world-th item from position rank, so the ranks' shares of a step are disjoint and together
+        are what one process taking world x as many would get."""
         if (path is None) == (not online):
             raise ValueError("give exactly one of data.failures (a mined JSONL file) or data.online=true")
         self.task, self.seed, self.tries, self.online = task, seed, tries, online
+        self.rank, self.world = rank, world
         self.cursor = 0  # failures handed out (offline) or examples consumed (online)
         if online:
             self.pool = task.dataset(pool_size, seed=seed, split="train")
@@ -43,7 +49,7 @@ class FailureSource:
     def _take(self, k: int) -> list:
         items = []
         for _ in range(k):
-            epoch, i = divmod(self.cursor, len(self.pool))
+            epoch, i = divmod(self.cursor * self.world + self.rank, len(self.pool))
             items.append(self.pool[self._order(epoch)[i]])
             self.cursor += 1
         return items

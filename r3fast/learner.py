@@ -13,18 +13,22 @@ the gap |old − samp| is logged, since it is the first thing to look at when a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .data import PackedBatch, StepPlan, TrainSequence, pack_sequences, plan_step
+from .distributed import Dist
 from .guard import NonFiniteGuard
 from .lora import reference_off
 from .loss import SpanLoss
 
-__all__ = ["Learner", "correction_weights"]
+__all__ = ["NO_UPDATE", "Learner", "correction_weights"]
 
 Tensor = torch.Tensor
+# The metrics of a step without an update (no group with a reward signal on any rank).
+NO_UPDATE = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "grad_norm": 0.0, "tokens": 0,
+             "span_tokens": 0, "rows": 0, "skipped_nonfinite": False, "updates": 0}  # fmt: skip
 
 
 def correction_weights(
@@ -53,6 +57,7 @@ def correction_weights(
 @dataclass
 class Learner:
     model: torch.nn.Module
+    """The causal LM being trained (its parameters are the optimiser's)."""
     ref_model: torch.nn.Module | None
     """The frozen KL reference; None with ref_adapters_off or β = 0."""
     loss: SpanLoss
@@ -66,6 +71,13 @@ class Learner:
     is_cap: float = 3.0
     ref_adapters_off: bool = False
     """LoRA: the reference is the policy itself with its adapters disabled (no second copy)."""
+    dist: Dist = field(default_factory=Dist)
+    """The data-parallel group (world size 1: a single process)."""
+    module: torch.nn.Module | None = None
+    """What the policy's forward runs through: `dist.wrap(model)` (DDP / FSDP2), default the model."""
+
+    def __post_init__(self) -> None:
+        self.module = self.model if self.module is None else self.module
 
     def ref_logprobs(self, row: PackedBatch) -> Tensor | None:
         """[M] reference log-probs of the row's span tokens, or None when there is no KL term."""
@@ -73,26 +85,59 @@ class Learner:
             return self.loss.logprobs(self.ref_model, row)
         if self.ref_adapters_off:
             with reference_off(self.model):
-                return self.loss.logprobs(self.model, row)
+                return self.loss.logprobs(self.module, row)
         return None
 
-    def step(self, plan: StepPlan, rows: list[PackedBatch], *, label: str = "step") -> dict:
-        """μ optimiser updates over one step's rows; metrics of the last update (+ correction)."""
+    def step(self, plan: StepPlan | None, rows: list[PackedBatch], *, label: str = "step") -> dict:
+        """μ optimiser updates over one step's rows; metrics of the last update (+ correction).
+
+        plan/rows are this rank's (plan None when it has no sequence). The step-wide normalisers are
+        all-reduced first; when no rank has a row nothing is updated, on every rank alike."""
+        plan, n_rows = self._global_plan(plan, len(rows))
+        if n_rows == 0:
+            return dict(NO_UPDATE)
         rows = [r.to(self.device) for r in rows]
+        rows += [self._empty_row() for _ in range(self._rows_needed(len(rows)))]
         self.model.train()
         ref = [self.ref_logprobs(r) for r in rows]
         need_old = self.num_iterations > 1 or self.is_correction != "none"
-        old = [self.loss.logprobs(self.model, r) if need_old else None for r in rows]
+        old = [self.loss.logprobs(self.module, r) if need_old else None for r in rows]
         weights, stats = self._correct(rows, old)
         skipped = 0
         for _ in range(self.num_iterations):
-            metrics = self._update(plan, rows, ref, old, weights)
+            metrics = self._update(plan, rows, ref, old, weights, n_rows)
             skipped += metrics["skipped_nonfinite"]
             if not metrics["skipped_nonfinite"]:
                 self.guard.check_weights(self.model, label)
         metrics.update(stats, updates=self.num_iterations - skipped)
         metrics["skipped_nonfinite"] = skipped == self.num_iterations
         return metrics
+
+    def _global_plan(self, plan: StepPlan | None, n_rows: int) -> tuple[StepPlan, int]:
+        """The step's normalisers over every rank: span tokens, sequences and rows summed, the longest
+        span maxed (one collective each; nothing at world size 1)."""
+        local = plan or StepPlan(num_span_tokens=0, num_sequences=0, max_span_len=0)
+        if not self.dist.enabled:
+            return local, n_rows
+        tokens, seqs, rows = self.dist.sum([local.num_span_tokens, local.num_sequences, n_rows], self.device)
+        (longest,) = self.dist.max([local.max_span_len], self.device)
+        merged = StepPlan(num_span_tokens=int(tokens), num_sequences=int(seqs), max_span_len=int(longest))
+        return merged, int(rows)
+
+    def _rows_needed(self, n: int) -> int:
+        """Empty rows this rank must add: DDP needs one backward per rank per update (its gradient
+        all-reduce); FSDP2 all-gathers in every forward, so every rank runs as many rows as the most."""
+        if not self.dist.enabled:
+            return 0
+        if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
+            (most,) = self.dist.max([n], self.device)
+            return int(most) - n
+        return 1 if n == 0 else 0
+
+    def _empty_row(self) -> PackedBatch:
+        """Two tokens, no span: a forward/backward whose loss is an exact zero."""
+        seq = TrainSequence(input_ids=[0, 0], span_start=1, span_end=1, advantage=0.0, sampler_logp=[])
+        return pack_sequences([seq], 2)[0].to(self.device)
 
     def peak_bytes(self, max_tokens: int, token_id: int, *, eight_bit: bool = False) -> int:
         """The learner's CUDA peak, measured: forward + backward of one full token-budget row
@@ -129,13 +174,19 @@ class Learner:
         merged["sampler_gap_max"] = max(s["sampler_gap_max"] for _, s in per_row)
         return out, merged
 
-    def _update(self, plan: StepPlan, rows: list[PackedBatch], ref: list, old: list, weights: list) -> dict:
-        """One optimiser step over every row (one micro-batch each), guarded against non-finite values."""
+    def _update(
+        self, plan: StepPlan, rows: list[PackedBatch], ref: list, old: list, weights: list, n_rows: int
+    ) -> dict:
+        """One optimiser step over every row (one micro-batch each), guarded against non-finite values.
+        n_rows: real rows over all ranks (bnpo averages them)."""
         totals = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "span": 0, "tokens": 0}
-        scale, backend = self.loss.micro_batch_scale(len(rows)), ""
-        for row, r, o, w in zip(rows, ref, old, weights, strict=True):
-            out, backend = self.loss(self.model, row, plan, ref_logp=r, old_logp=o, is_weights=w)
-            (out.loss * scale).backward()
+        scale = self.loss.micro_batch_scale(n_rows)
+        backend = ""
+        for i, (row, r, o, w) in enumerate(zip(rows, ref, old, weights, strict=True)):
+            with self.dist.no_sync(self.module, last=i == len(rows) - 1):
+                out, backend = self.loss(self.module, row, plan, ref_logp=r, old_logp=o, is_weights=w)
+                # × world: DDP / FSDP2 average gradients over ranks; the step's loss is their sum
+                (out.loss * (scale * self.dist.world)).backward()
             m = int(row.span_mask.sum())  # host-device sync, once per row
             totals["loss"] += float(out.loss.detach()) * scale
             totals["kl"] += float(out.kl.sum())
@@ -143,9 +194,11 @@ class Learner:
             totals["entropy"] += float(out.entropy.sum())
             totals["span"] += m
             totals["tokens"] += row.num_tokens
+        keys = list(totals)
+        totals = dict(zip(keys, self.dist.sum([totals[k] for k in keys], self.device)))
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.grad_clip if self.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))  # global: grads are synced
         # The NaN/Inf guard: a non-finite update leaves weights and optimiser moments as they were.
         skipped = not self.guard.finite(totals["loss"], grad_norm)
         if not skipped:
@@ -159,8 +212,8 @@ class Learner:
             "clip_frac": totals["clip"] / span,
             "entropy": totals["entropy"] / span,
             "grad_norm": grad_norm,
-            "rows": len(rows),
-            "tokens": totals["tokens"],
-            "span_tokens": totals["span"],
+            "rows": n_rows,
+            "tokens": int(totals["tokens"]),
+            "span_tokens": int(totals["span"]),
             "attention_backend": backend,
         }

