@@ -74,6 +74,13 @@ class R3Trainer:
         # torchrun: one process per device, each with its own share of the data and its own sampler
         self.dist = Dist.from_env(requested.type)
         self.device = self.dist.device(requested)
+        if self.dist.enabled and config.trainer.data_parallel == "fsdp2":
+            # Sharded weights would make every generated token a collective (ranks generate different
+            # lengths) and every checkpoint a gather; the learner shards (Dist.wrap), the loop not yet.
+            raise UserError(
+                "trainer.data_parallel=fsdp2 is supported by r3fast.learner.Learner (Dist.wrap), not yet by "
+                "the training loop, whose samplers and checkpoints need whole weights: use ddp"
+            )
         check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)  # every rank sees the same dir
         self.config_changes = (
             check_resume_config(self.run_dir, config.to_dict(), allow=allow_config_change) if resume else []
