@@ -191,6 +191,9 @@ class LossConfig(_Section):
     """Lower clip range of the importance ratio."""
     eps_high: float = 0.2
     """Upper clip range of the importance ratio."""
+    mask_truncated_completions: bool = False
+    """TRL's name: reflections cut at sampler.max_reflection_tokens get no loss (they still count in
+    their group's advantages), so a run is not rewarded for the first tokens of a cut-off sentence."""
     bias_correction_kl: bool = False
     """TRL's use_bias_correction_kl (TRL's default: true): the KL term times the importance ratio.
     Same value at ratio 1, but the gradient gains kl·∇logp; false is the plain k3 gradient."""

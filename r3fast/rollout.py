@@ -163,13 +163,15 @@ def rollout(
     return RolloutResult(groups=groups)
 
 
-def to_sequences(groups: list[Group]) -> list[TrainSequence]:
-    """`prompt + reflection` per episode; the span is exactly the sampled reflection ids."""
+def to_sequences(groups: list[Group], *, mask_truncated: bool = False) -> list[TrainSequence]:
+    """`prompt + reflection` per episode; the span is exactly the sampled reflection ids.
+    mask_truncated: reflections cut at the length cap get no loss (TRL's mask_truncated_completions;
+    they still count in their group's advantages)."""
     seqs = []
     for gid, g in enumerate(groups):
         for c, adv in zip(g.reflections, g.advantages):
-            if not c.token_ids:
-                continue  # nothing sampled, nothing to train
+            if not c.token_ids or (mask_truncated and c.finish_reason == "length"):
+                continue  # nothing sampled (or cut off): nothing to train
             seqs.append(
                 TrainSequence.from_parts(
                     g.prompt_ids, c.token_ids, adv, group_id=gid, sampler_logp=list(c.logprobs)

@@ -339,7 +339,9 @@ class R3Trainer:
         t1 = time.perf_counter()
         metrics = {**self._rollout_metrics(result.metrics()), "lr": self.scheduler.get_last_lr()[0]}
         # no group with a signal (on any rank): nothing to learn from, the weights stay as they are
-        metrics.update(self._learn(to_sequences(result.kept)))
+        metrics.update(
+            self._learn(to_sequences(result.kept, mask_truncated=cfg.loss.mask_truncated_completions))
+        )
         self.scheduler.step()
         t2 = time.perf_counter()
         self.sampler.sync_weights(self.model)

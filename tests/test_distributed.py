@@ -42,8 +42,8 @@ def sequences() -> list[TrainSequence]:
         prefix = torch.randint(3, VOCAB, (p,), generator=g).tolist()
         advs = torch.randn(3, generator=g).tolist()
         for n, a in zip(spans, advs):
-            out.append(TrainSequence.from_parts(prefix, torch.randint(3, VOCAB, (n,), generator=g).tolist(), a,
-                                                group_id=grp))  # fmt: skip
+            refl = torch.randint(3, VOCAB, (n,), generator=g).tolist()
+            out.append(TrainSequence.from_parts(prefix, refl, a, group_id=grp))
     return out
 
 

@@ -17,6 +17,9 @@ from r3fast.loss import SpanLoss
 from r3fast.model import use_packed_attention
 from tests.conftest import tiny_llama
 
+# CPU everywhere; on a GPU machine also CUDA (the Triton span loss, bf16 autocast on tensor cores)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
 
 def sequences() -> list[TrainSequence]:
     g = torch.Generator().manual_seed(2)
@@ -30,9 +33,7 @@ def sequences() -> list[TrainSequence]:
 
 
 def grads(model, rows, plan, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    loss = SpanLoss(
-        LossConfig(beta=0.0, impl="torch"), temperature=0.9, max_span_tokens=16, compute_dtype=dtype
-    )
+    loss = SpanLoss(LossConfig(beta=0.0), temperature=0.9, max_span_tokens=16, compute_dtype=dtype)
     model.train()
     for row in rows:
         out, _ = loss(model, row, plan)
@@ -40,13 +41,15 @@ def grads(model, rows, plan, dtype=torch.float32) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("shared_prefix", [False, True], ids=["packed", "shared_prefix"])
-def test_checkpointing_changes_no_gradient(smol_tokenizer, shared_prefix, lora):
+def test_checkpointing_changes_no_gradient(smol_tokenizer, shared_prefix, lora, device):
     plan, rows = pack_step(sequences(), max_tokens=40 if shared_prefix else 64, shared_prefix=shared_prefix,
                            seed=0, step=0)  # fmt: skip
     assert len(rows) >= 2
-    plain = use_packed_attention(tiny_llama(len(smol_tokenizer), seed=6))
+    rows = [r.to(device) for r in rows]
+    plain = use_packed_attention(tiny_llama(len(smol_tokenizer), seed=6)).to(device)
     ckpt = copy.deepcopy(plain)
     ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora:
@@ -68,18 +71,19 @@ def test_checkpointing_changes_no_gradient(smol_tokenizer, shared_prefix, lora):
 def one_step(model, rows, plan, compute_dtype, lr=1e-6) -> dict[str, torch.Tensor]:
     """Weights after one learner step (AdamW, lr 1e-6 as in the paper presets) minus before."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    loss = SpanLoss(LossConfig(beta=0.0, impl="torch"), temperature=0.9, max_span_tokens=16,
-                    compute_dtype=compute_dtype)  # fmt: skip
+    loss = SpanLoss(LossConfig(beta=0.0), temperature=0.9, max_span_tokens=16, compute_dtype=compute_dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    dev = next(model.parameters()).device
     learner = Learner(model=model, ref_model=None, loss=loss, optimizer=opt, guard=NonFiniteGuard(3),
-                      device=torch.device("cpu"), grad_clip=1.0)  # fmt: skip
+                      device=dev, grad_clip=1.0)  # fmt: skip
     assert learner.step(plan, rows)["updates"] == 1
     return {n: (p.detach().float() - before[n].float()) for n, p in model.named_parameters()}
 
 
-def test_mixed_precision_moves_the_weights_like_fp32(smol_tokenizer):
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_precision_moves_the_weights_like_fp32(smol_tokenizer, device):
     plan, rows = pack_step(sequences(), max_tokens=64, shared_prefix=False, seed=0, step=0)
-    base = use_packed_attention(tiny_llama(len(smol_tokenizer), seed=7))
+    base = use_packed_attention(tiny_llama(len(smol_tokenizer), seed=7)).to(device)
     fp32 = one_step(copy.deepcopy(base), rows, plan, torch.float32)
     mixed = one_step(copy.deepcopy(base), rows, plan, torch.bfloat16)  # fp32 weights, bf16 compute
     pure = one_step(copy.deepcopy(base).to(torch.bfloat16), rows, plan, torch.bfloat16)  # bf16 weights

@@ -113,9 +113,23 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
         assert key in metrics[-1], key
     assert "| decoding | n | vanilla 1st |" in (run / "report.md").read_text()
     effect = json.loads((run / "r3_effect.json").read_text())
-    for key in ("n", "vanilla_first", "vanilla_second", "trained_first", "trained_second", "diff_first",
-                "diff_second", "diff_first_ci", "diff_second_ci", "config", "versions", "date", "wall_seconds"):
-        assert key in effect, key  # fmt: skip
+    keys = (
+        "n",
+        "vanilla_first",
+        "vanilla_second",
+        "trained_first",
+        "trained_second",
+        "diff_first",
+        "diff_second",
+        "diff_first_ci",
+        "diff_second_ci",
+        "config",
+        "versions",
+        "date",
+        "wall_seconds",
+    )
+    for key in keys:
+        assert key in effect, key
     assert effect["n"] == cfg.trainer.eval_n and effect["decoding"] == "greedy"
     assert summary["steps"] == 2
     from r3fast.models import load_model
