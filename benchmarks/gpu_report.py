@@ -144,6 +144,10 @@ def summary(out: Path, seconds: float | None) -> str:
     for path in sorted(out.glob("vs_trl_*.json")):
         lines += ["", f"## Learner step ({path.name})", ""]
         lines += learner_section(json.loads(path.read_text()))
+    if (out / "memory.json").is_file():
+        mem = json.loads((out / "memory.json").read_text())
+        lines += ["", "## Learner memory by component (MiB, memory.json)", ""]
+        lines += learner_section({"rows": [{"setting": k, **v} for k, v in mem["settings"].items()]})
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text
