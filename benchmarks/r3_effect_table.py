@@ -39,9 +39,10 @@ def diff(e: dict, k: str) -> str:
 
 
 def note(name: str) -> str:
-    path = CONFIGS / f"{name}.yaml"
-    if not path.is_file():
+    paths = sorted(CONFIGS.glob(f"{name}.yaml")) + sorted(CONFIGS.glob(f"{name}_*.yaml"))
+    if not paths:
         return ""
+    path = paths[0]
     lines = []
     for line in path.read_text().splitlines():
         if not line.startswith("#"):
