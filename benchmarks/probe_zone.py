@@ -39,36 +39,20 @@ def probe(
     ex = task.dataset(n, seed=0, split="eval")
     ans = lambda t, s: SamplingParams(temperature=t, max_new_tokens=answer_tokens, seed=s)  # noqa: E731
     refl = lambda t, s: SamplingParams(temperature=t, max_new_tokens=reflection_tokens, seed=s)  # noqa: E731
+
+    def run(t: float, seed: int):
+        return evaluate(sampler, tok, task, ex, answer_params=ans(t, seed),
+                        reflection_params=refl(t, seed + 1), progress=False,
+                        reflect_prompt=reflect_prompt)  # fmt: skip
+
     row = {}
     for label, t in (("greedy", 0.0), ("sampled", temp)):
-        r = evaluate(
-            sampler,
-            tok,
-            task,
-            ex,
-            answer_params=ans(t, 1),
-            reflection_params=refl(t, 2),
-            progress=False,
-            reflect_prompt=reflect_prompt,
-        )
-        truncated = [len(x.get("reflection", "")) for x in r.records if "reflection" in x]
-        row[label] = {
-            "first": r.first_acc,
-            "second": r.second_acc,
-            "seconds": r.seconds,
-            "reflections": len(truncated),
-        }
+        r = run(t, 1)
+        reflected = sum("reflection" in x for x in r.records)
+        row[label] = {"first": r.first_acc, "second": r.second_acc, "seconds": r.seconds,
+                      "reflections": reflected}  # fmt: skip
     # The training signal: sampled first-try failures, G reflections each.
-    r = evaluate(
-        sampler,
-        tok,
-        task,
-        ex,
-        answer_params=ans(temp, 3),
-        reflection_params=refl(temp, 4),
-        progress=False,
-        reflect_prompt=reflect_prompt,
-    )
+    r = run(temp, 3)
     fails = [Failure(example=x["example"], attempt=x["first_try"]) for x in r.records if not x["first_ok"]]
     fails = fails[: max(8, n // 6)]
     t0 = time.perf_counter()

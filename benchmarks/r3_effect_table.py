@@ -51,15 +51,15 @@ def note(name: str) -> str:
     return " ".join(lines)
 
 
-def summarise(run: Path) -> dict:
+def summarise(run: Path, keep: Path = RUNS) -> dict:
     name = run.name
     cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()] if (
         run / "metrics.jsonl").is_file() else []  # fmt: skip
     effect = json.loads((run / "r3_effect.json").read_text()) if (run / "r3_effect.json").is_file() else None
     if effect is not None:
-        RUNS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(run / "r3_effect.json", RUNS / f"{name}.json")
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run / "r3_effect.json", keep / f"{name}.json")
     last = metrics[-5:]
     mean = lambda k: sum(m.get(k) or 0 for m in last) / max(len(last), 1)  # noqa: E731
     curve = [(m["step"], m["eval_first_try"], m["eval_second_try"]) for m in metrics if "eval_first_try" in m]
@@ -110,8 +110,9 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--md", type=Path, default=ROOT / "docs" / "experiments_table.md")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "r3_experiments.json")
+    p.add_argument("--keep", type=Path, default=RUNS, help="where each run's r3_effect.json is copied")
     a = p.parse_args()
-    rows = [summarise(r) for r in sorted(a.runs) if r.is_dir()]
+    rows = [summarise(r, a.keep) for r in sorted(a.runs) if r.is_dir()]
     if not rows:
         sys.exit("no run directories given")
     text = table(rows)

@@ -1,0 +1,96 @@
+"""The benchmark and experiment scripts run end to end at tiny sizes (their figures come from real runs;
+here only that each runs, writes its JSON and computes what it says)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def script(name: str, *args: str, timeout: int = 600) -> str:
+    r = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r.stdout
+
+
+def effect(first: float, second: float) -> dict:
+    d = {"n": 10}
+    for side, (a, b) in (("vanilla", (0.2, 0.3)), ("trained", (first, second))):
+        d |= {f"{side}_first": a, f"{side}_first_ci": [a - 0.1, a + 0.1]}
+        d |= {f"{side}_second": b, f"{side}_second_ci": [b - 0.1, b + 0.1]}
+    d |= {"diff_first": first - 0.2, "diff_first_ci": [first - 0.3, first - 0.1]}
+    d |= {"diff_second": second - 0.3, "diff_second_ci": [second - 0.4, second - 0.2]}
+    d["second_given_first_failed"] = {"vanilla": {"acc": 0.125}, "trained": {"acc": 0.25}}
+    return d
+
+
+def test_r3_effect_table(tmp_path):
+    run = tmp_path / "runs" / "x01"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"optim": {"lr": 2e-5}}))
+    steps = [{"step": i, "reward_mean": 0.1 * i, "reflection_truncated_frac": 0.5} for i in range(1, 4)]
+    steps[-1] |= {"eval_first_try": 0.25, "eval_second_try": 0.5}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in steps))
+    e = {"decodings": {"T=0.9": effect(0.4, 0.6)}, "wall_seconds": 600.0}
+    (run / "r3_effect.json").write_text(json.dumps(e))
+    stopped = tmp_path / "runs" / "x02"  # stopped before its final evaluation
+    stopped.mkdir()
+    (stopped / "metrics.jsonl").write_text(json.dumps(steps[0]) + "\n")
+    md, out, keep = tmp_path / "t.md", tmp_path / "t.json", tmp_path / "keep"
+    args = ["--md", str(md), "--json", str(out), "--keep", str(keep)]
+    script("r3_effect_table.py", str(run), str(stopped), *args)
+    text = md.read_text()
+    assert "| x01 | T=0.9 | 10 | 3 | 10.0 | 20.0 [10.0, 30.0] |" in text
+    assert "+20.0 [+10.0, +30.0] | +30.0 [+20.0, +40.0] | 12.5 → 25.0 | 0.20 | 0.50 |" in text
+    assert "| x02 | — | — | 1 | — | (no final evaluation)" in text
+    assert "step 3: 25.0 / 50.0" in text
+    assert json.loads((keep / "x01.json").read_text()) == e
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == ["x01", "x02"] and rows[0]["config"] == {"optim": {"lr": 2e-5}}
+
+
+def test_bench_vs_trl_smoke(tmp_path):
+    pytest.importorskip("trl")
+    out = tmp_path / "vs_trl.json"
+    script("bench_vs_trl.py", "--smoke", "--reps", "1", "--out", str(out))
+    d = json.loads(out.read_text())
+    assert set(d["layouts"]) == {"trl", "trl_compact", "packed", "shared_prefix"}
+    for layout, row in d["layouts"].items():
+        assert row["loss_rel_diff_vs_trl"] < 1e-5, (layout, row)  # same loss as TRL's own code
+        assert row["real_tokens"] == d["layouts"]["trl"]["real_tokens"]
+    assert d["layouts"]["packed"]["computed_tokens"] == d["layouts"]["packed"]["real_tokens"]
+    assert d["layouts"]["shared_prefix"]["computed_tokens"] < d["layouts"]["packed"]["computed_tokens"]
+    assert d["versions"]["trl"]
+
+
+def test_bench_memory_tiny(tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "mem.json"
+    script(
+        "bench_memory.py",
+        "--dims",
+        "tiny",
+        "--groups",
+        "1",
+        "--settings",
+        "full",
+        "lora",
+        "lora+ckpt",
+        "--out",
+        str(out),
+    )
+    d = json.loads(out.read_text())
+    rows = d["settings"]
+    full, lora, ckpt = rows["full"], rows["lora"], rows["lora+ckpt"]
+    assert full["reference_mb"] == pytest.approx(full["weights_mb"])  # a full copy for the KL reference
+    assert lora["reference_mb"] == 0  # adapters disabled, never a copy
+    assert lora["grads_mb"] < full["grads_mb"] / 5 and lora["optimizer_mb"] < full["optimizer_mb"] / 5
+    assert ckpt["activations_mb"] < lora["activations_mb"]  # what checkpointing trades for recompute
