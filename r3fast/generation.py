@@ -16,15 +16,21 @@ def generate_chunked(
     prompts: list[list[int]],
     params: SamplingParams,
     *,
+    n: int | None = None,
     chunk_size: int = 32,
     desc: str = "generate",
     progress: bool = True,
 ) -> list[list[Completion]]:
     """`sampler.generate` over `chunk_size` prompts at a time, chunk k seeded from its own stream.
 
+    With `n`, each prompt gets n samples and a chunk holds chunk_size // n prompts (so chunk_size
+    bounds the sequences per call, whatever n is).
+
     Seeding per chunk keeps the result independent of how far a previous run got, so a
     resumed job draws the same samples.
     """
+    if n is not None:
+        params, chunk_size = dataclasses.replace(params, n=n), max(1, chunk_size // n)
     out: list[list[Completion]] = []
     bar = progress_bar(total=len(prompts), desc=desc, unit="prompts", enabled=progress, leave=False)
     for k, start in enumerate(range(0, len(prompts), chunk_size)):

@@ -63,8 +63,9 @@ def mine_failures(
     outs = generate_chunked(
         sampler,
         prompts,
-        dataclasses.replace(params, n=tries),
-        chunk_size=max(1, chunk_size // tries),
+        params,
+        n=tries,
+        chunk_size=chunk_size,
         desc="mine",
         progress=progress,
     )

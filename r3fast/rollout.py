@@ -6,7 +6,6 @@ built from the sampler's own ids so the reflection span is exact.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -99,8 +98,9 @@ def reflect_and_retry(
     refl = generate_chunked(
         sampler,
         prompts,
-        dataclasses.replace(reflection_params, n=n),
-        chunk_size=max(1, chunk_size // n),
+        reflection_params,
+        n=n,
+        chunk_size=chunk_size,
         desc="reflect",
         progress=progress,
     )
@@ -112,7 +112,8 @@ def reflect_and_retry(
     flat = generate_chunked(
         sampler,
         retry_prompts,
-        dataclasses.replace(answer_params, n=1),
+        answer_params,
+        n=1,
         chunk_size=chunk_size,
         desc="retry",
         progress=progress,
