@@ -9,8 +9,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton
 
-import time
-
 import pytest
 from r3fast.kernels import span_grpo_loss, span_logprobs
 from r3fast.kernels.reference import naive_span_grpo_loss
@@ -20,13 +18,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled Triton on CUDA, the interpreter on CPU
 IMPLS = ["torch", "triton", "triton_atomic"]
 
-
-@pytest.fixture
-def seed():
-    s = time.time_ns() % 2**31
-    torch.manual_seed(s)
-    print(f"seed={s}")
-    return s
 
 
 def problem(n=40, h=16, v=97, dtype=torch.float32, device=DEVICE):

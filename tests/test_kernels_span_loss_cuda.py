@@ -6,8 +6,6 @@ past V, and tiny dL/dlogp (fp16 underflow). Rule as in test_kernels_span_loss.py
 the fp64 oracle ≤ the naive reference's error in the same dtype + TOL[dtype].
 """
 
-import time
-
 import pytest
 import torch
 from r3fast.kernels import span_grpo_loss
@@ -21,13 +19,6 @@ H, V = 1536, 151936
 TOL = {torch.bfloat16: 2e-3, torch.float16: 1e-3, torch.float32: 2e-5}
 IMPLS = ["triton", "triton_atomic", "torch"]
 
-
-@pytest.fixture
-def seed():
-    s = time.time_ns() % 2**31
-    torch.manual_seed(s)
-    print(f"seed={s}")
-    return s
 
 
 def lm_head_problem(m: int, dtype: torch.dtype, *, logit_std: float = 2.0, adv_scale: float = 1.0) -> dict:
