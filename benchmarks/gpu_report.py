@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import xml.etree.ElementTree as ET
@@ -45,7 +46,7 @@ def environment() -> dict:
         nvidia_smi=gpu or None,
         cuda=torch.version.cuda,
         python=platform.python_version(),
-        commit=_run(["git", "rev-parse", "HEAD"]) or None,
+        commit=os.environ.get("R3FAST_GPU_COMMIT") or _run(["git", "rev-parse", "HEAD"]) or None,
         versions=versions,
     )
 
@@ -136,6 +137,9 @@ def summary(out: Path, seconds: float | None) -> str:
             continue
         lines.append(f"- {label}: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
         lines += [f"  - FAILED `{n}`: {m}" for n, m in t["failures"]]
+    if (out / "steps.log").is_file():  # `gpu: step NAME: S s of LIMIT s, rc RC`, one line a step
+        lines += ["", "## Steps (wall time against each step's timeout)", ""]
+        lines += [f"- {ln.removeprefix('gpu: step ')}" for ln in (out / "steps.log").read_text().splitlines()]
     for path in sorted(out.glob("span_loss_*.json")):
         rep = json.loads(path.read_text())
         lines += ["", f"## Span loss fwd+bwd ({path.name}; {rep['dtype']}, matmul {rep['matmul_tflops']:.0f} "

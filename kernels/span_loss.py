@@ -7,12 +7,13 @@ autograd hands dL/dlogp [M] to the implementation's backward.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
 import torch
 
-from .loss_terms import LOSS_TYPES, SpanLossOutput, reduce_span_loss
+from .loss_terms import LOSS_TYPES, RATIO_LEVELS, ObjectiveParams, SpanLossOutput, reduce_span_loss
 from .span_loss_torch import SpanLogp, torch_span_logp
 
 Tensor = torch.Tensor
@@ -96,6 +97,23 @@ def _check_scalars(beta, eps_low, eps_high, temperature, loss_type, ref_logp, nu
         raise ValueError(f"num_items must be > 0, got {num_items}")
 
 
+def _check_objective(loss_type: str, ratio_level: str, params: ObjectiveParams, seq_ids) -> None:
+    """The ratio level the loss type accepts (TRL's rules), and the objective's own knobs."""
+    if ratio_level not in RATIO_LEVELS:
+        raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
+    levels = LOSS_TYPES[loss_type].levels
+    if ratio_level not in levels:
+        raise ValueError(f"loss_type={loss_type!r} takes ratio_level {' or '.join(map(repr, levels))}, "
+                         f"got {ratio_level!r}")  # fmt: skip
+    if seq_ids is None and (ratio_level == "sequence" or loss_type in ("vespo", "luspo")):
+        raise ValueError(f"loss_type={loss_type!r} at ratio_level={ratio_level!r} needs seq_ids")
+    if not (params.sapo_temperature_pos > 0 and params.sapo_temperature_neg > 0):
+        raise ValueError(f"sapo temperatures must be > 0, got {params.sapo_temperature_pos}, "
+                         f"{params.sapo_temperature_neg}")  # fmt: skip
+    if params.delta is not None and not params.delta > 0:
+        raise ValueError(f"delta must be > 0 (or None), got {params.delta}")
+
+
 def _masked_rows(mask: Tensor, targets: Tensor, v: int) -> tuple[Tensor, Tensor]:
     """(idx [M], targets at idx [M]); checks the masked targets are token ids in [0, V)."""
     idx = mask.nonzero().squeeze(1)  # [M]  host-device sync (M sizes everything after)
@@ -132,6 +150,8 @@ def span_grpo_loss(
     num_items: float | Tensor | None = None,
     is_weights: Tensor | None = None,
     bias_correction_kl: bool = False,
+    ratio_level: str = "token",
+    params: ObjectiveParams | None = None,
     impl: str = "auto",
 ) -> SpanLossOutput:
     """GRPO loss on the masked positions of packed rows, without materialising [M, V] logits.
@@ -141,12 +161,19 @@ def span_grpo_loss(
     order) or [N]; seq_ids [N] sequence id of each position (needed by "grpo"); num_items: the
     global denominator across micro-batches and ranks (see `loss_terms.py`); is_weights [M] or [N]:
     importance weights on the clipped surrogate (sampler/learner correction, TRL's placement);
-    bias_correction_kl: the KL term times the ratio (TRL's `use_bias_correction_kl`); impl: "auto"
-    (Triton on CUDA, else torch), "triton" or "torch". Returns a `SpanLossOutput`.
+    bias_correction_kl: the KL term times the ratio (TRL's `use_bias_correction_kl`); ratio_level:
+    "token" or "sequence" (GSPO: one length-normalised ratio per sequence id; the loss type says which
+    it accepts); params: the objectives' other knobs (sapo's τ±, vespo's k/λ, delta; eps_low/eps_high
+    here win over theirs); impl: "auto" (Triton on CUDA, else torch), "triton" or "torch".
+    Returns a `SpanLossOutput`.
     """
     fn = _logp_fn(impl, hidden)
     _check_inputs(hidden, weight, targets, mask, advantages, seq_ids)
     _check_scalars(beta, eps_low, eps_high, temperature, loss_type, ref_logp, num_items)
+    params = dataclasses.replace(
+        params or ObjectiveParams(), eps_low=float(eps_low), eps_high=float(eps_high)
+    )
+    _check_objective(loss_type, ratio_level, params, seq_ids)
     n = hidden.shape[0]
     idx, y = _masked_rows(mask, targets, weight.shape[0])
     m = idx.numel()
@@ -161,10 +188,10 @@ def span_grpo_loss(
         ref_logp=_at_mask(ref_logp, idx, n),
         seq=None if seq_ids is None else seq_ids.index_select(0, idx),
         beta=float(beta),
-        eps_low=float(eps_low),
-        eps_high=float(eps_high),
-        weights=LOSS_TYPES[loss_type].weights,
+        loss_type=LOSS_TYPES[loss_type],
+        params=params,
         num_items=num_items,
+        ratio_level=ratio_level,
         is_weights=_at_mask(is_weights, idx, n),
         bias_correction_kl=bool(bias_correction_kl),
     )

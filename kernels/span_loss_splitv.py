@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .span_loss_triton import INTERPRET, _logit_tile, autotuned, dot_mode, grad_scale
+from .span_loss_triton import INTERPRET, _logit_tile, autotuned, dot_mode, grad_scale, m_bucket
 
 Tensor = torch.Tensor
 
@@ -34,7 +34,7 @@ _MIN_CHUNK = 256
 @triton.jit
 def _span_dz_kernel(
     h_ptr, w_ptr, idx_ptr, y_ptr, lse_ptr, g_ptr, scale_ptr, dz_ptr,  # dz [M, VC] (row stride stride_dz)
-    M, v0, VC, stride_hn, stride_hh, stride_wv, stride_wh, stride_dz, inv_temp,
+    M, M_BUCKET, v0, VC, stride_hn, stride_hh, stride_wv, stride_wh, stride_dz, inv_temp,
     V: tl.constexpr, H: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
     FP32_DOT: tl.constexpr, PRECISION: tl.constexpr, SCALED: tl.constexpr,
@@ -63,10 +63,12 @@ def _span_dz_kernel(
     tl.store(out, dz.to(dz_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-# (BLOCK_M, BLOCK_V, BLOCK_K, num_warps, num_stages), from the same ptxas sweep as the forward's:
-# no register spills, within an H100's shared memory.
+# (BLOCK_M, BLOCK_V, BLOCK_K, num_warps, num_stages), held by the same AOT compile as the forward's:
+# no register spills at sm_90, within an H100's shared memory. (128, 256, 32, 8, 3) spilled 40 B
+# (fp16 44 B) at sm_90 with the runtime's signature (Triton 3.6): its 128×256 fp32 tile is 128
+# registers a thread before any operand; (64, 256, 32, 8, 3) keeps the wide V tile without the spill.
 DZ_TILES = {
-    16: [(128, 128, 64, 8, 3), (64, 128, 64, 8, 3), (128, 256, 32, 8, 3), (128, 128, 32, 8, 4)],
+    16: [(128, 128, 64, 8, 3), (64, 128, 64, 8, 3), (64, 256, 32, 8, 3), (128, 128, 32, 8, 4)],
     32: [(64, 64, 32, 8, 3), (64, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 64, 64, 8, 3)],
 }
 if INTERPRET:
@@ -79,6 +81,18 @@ def chunk_columns(m: int, v: int, elem: int) -> int:
     """Vc: vocabulary columns per chunk so that one [M, Vc] dz buffer stays within DZ_BYTES."""
     vc = max(_MIN_CHUNK, DZ_BYTES // max(1, m * elem)) // _MIN_CHUNK * _MIN_CHUNK
     return min(v, vc)
+
+
+def dw_chunk(dz: Tensor, h_m: Tensor, scale: Tensor | None) -> Tensor:
+    """dW_c = dz_cᵀ·h [c, H] with an fp32 output, unscaled by 1/scale (fp16). A 16-bit output would
+    overflow: a target token repeated over many rows makes its dW row ≈ s·Σ_t h_t, past fp16's 65504
+    for a few hundred rows once the scale s has brought max|g/τ| to 1. The operands stay 16-bit (tensor
+    cores); only the accumulator reaches memory as fp32, then the true dW is cast to W's dtype."""
+    if dz.is_cuda and dz.dtype in (torch.float16, torch.bfloat16):
+        out = torch.mm(dz.T, h_m, out_dtype=torch.float32)  # cuBLAS: 16-bit in, fp32 out
+    else:
+        out = dz.T.float() @ h_m.float()
+    return out * (1.0 / scale) if scale is not None else out
 
 
 def splitv_backward(
@@ -113,7 +127,7 @@ def splitv_backward(
         dz = dz_buf[:, :c]
         grid = lambda meta, c=c: (triton.cdiv(c, meta["BLOCK_V"]), triton.cdiv(m, meta["BLOCK_M"]))
         _dz[grid](
-            hidden, weight, idx, targets, lse, g, scale, dz, m, v0, c,
+            hidden, weight, idx, targets, lse, g, scale, dz, m, m_bucket(m), v0, c,
             *hidden.stride(), *weight.stride(), dz.stride(0), 1.0 / temperature, V=v, H=hdim,
             FP32_DOT=fp32_dot, PRECISION=precision, SCALED=scaled, **_dz_meta,
         )  # fmt: skip
@@ -123,7 +137,6 @@ def splitv_backward(
         if dw is not None and not scaled and dw.dtype == mm_dtype:
             torch.mm(dz.T, h_m, out=dw[v0 : v0 + c])  # [c, H], straight into its rows of dW
         elif dw is not None:
-            dw_c = dz.T @ h_m
-            dw[v0 : v0 + c] = dw_c * (1.0 / scale) if scaled else dw_c
+            dw[v0 : v0 + c] = dw_chunk(dz, h_m, scale if scaled else None)
     dh.index_copy_(0, idx, dh_m.to(hidden.dtype))
     return dh, dw

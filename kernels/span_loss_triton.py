@@ -42,18 +42,20 @@ def _logit_tile(
 ):  # fmt: skip
     """acc [BLOCK_M, BLOCK_V] = h[rows] · W[offs_v]ᵀ in fp32, streamed over H in BLOCK_K slices
     (every kernel recomputes logit tiles this way; none stores them). rows and offs_v are int64:
-    V·H and N·H can pass 2³¹ at 7B+ sizes."""
+    V·H and N·H can pass 2³¹ at 7B+ sizes, and so can offs_k·stride for a column-major W or a
+    transposed h: those products are int64 too (free: the summed offsets are int64 anyway)."""
     acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
     for k0 in range(0, H, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < H
+        k64 = offs_k.to(tl.int64)
         h = tl.load(
-            h_ptr + rows[:, None] * stride_hn + offs_k[None, :] * stride_hh,
+            h_ptr + rows[:, None] * stride_hn + k64[None, :] * stride_hh,
             mask=row_ok[:, None] & k_ok[None, :],
             other=0.0,
         )
         w = tl.load(
-            w_ptr + offs_v[:, None] * stride_wv + offs_k[None, :] * stride_wh,
+            w_ptr + offs_v[:, None] * stride_wv + k64[None, :] * stride_wh,
             mask=col_ok[:, None] & k_ok[None, :],
             other=0.0,
         )
@@ -74,7 +76,7 @@ def _logit_tile(
 @triton.jit
 def _span_fwd_kernel(
     h_ptr, w_ptr, idx_ptr, y_ptr, part_ptr,  # h [N, H], W [V, H], idx [M], y [M], part [4, S, M] fp32
-    M, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+    M, M_BUCKET, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,  # M_BUCKET: autotune key only
     V: tl.constexpr, H: tl.constexpr, S: tl.constexpr,  # constexpr: fixed per model; loop bounds
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
     FP32_DOT: tl.constexpr, PRECISION: tl.constexpr,
@@ -124,7 +126,7 @@ def _span_fwd_kernel(
 @triton.jit
 def _span_bwd_kernel(
     h_ptr, w_ptr, idx_ptr, y_ptr, lse_ptr, g_ptr, scale_ptr, dh_ptr, dw_ptr,  # dh [M, H], dW [V, H] fp32
-    M, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,
+    M, M_BUCKET, stride_hn, stride_hh, stride_wv, stride_wh, inv_temp,  # M_BUCKET: autotune key only
     V: tl.constexpr, H: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
     FP32_DOT: tl.constexpr, PRECISION: tl.constexpr, COMPUTE_DW: tl.constexpr, SCALED: tl.constexpr,
@@ -157,8 +159,9 @@ def _span_bwd_kernel(
     for k0 in range(0, H, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < H
+        k64 = offs_k.to(tl.int64)  # int64 products with the strides, as in _logit_tile
         w = tl.load(
-            w_ptr + offs_v[:, None] * stride_wv + offs_k[None, :] * stride_wh,
+            w_ptr + offs_v[:, None] * stride_wv + k64[None, :] * stride_wh,
             mask=col_ok[:, None] & k_ok[None, :],
             other=0.0,
         )
@@ -174,7 +177,7 @@ def _span_bwd_kernel(
         )
         if COMPUTE_DW:
             h = tl.load(
-                h_ptr + rows[:, None] * stride_hn + offs_k[None, :] * stride_hh,
+                h_ptr + rows[:, None] * stride_hn + k64[None, :] * stride_hh,
                 mask=row_ok[:, None] & k_ok[None, :],
                 other=0.0,
             )
@@ -192,10 +195,12 @@ def _span_bwd_kernel(
 
 # ---- configs --------------------------------------------------------------------------------------
 # Interpreter: one small config (numpy runs it serially). GPU: a few tiles per kernel, autotuned per
-# (V, H, dtypes, S, precision). Tiles are (BLOCK_M, BLOCK_V, BLOCK_K, num_warps, num_stages), listed
-# apart for 16-bit and fp32 operands, and chosen from a ptxas sweep for sm_90a (Triton 3.9, V = 151936,
-# H = 1536; `benchmarks/ptxas_sweep.py`): each compiles with no register spills (fp32: the fewest) and
-# within an H100's shared memory. 64×128×64 tiles at 4 warps, the old default, spilled 276–2388 bytes.
+# (M bucket, V, H, dtypes, S, precision). Tiles are (BLOCK_M, BLOCK_V, BLOCK_K, num_warps, num_stages),
+# listed apart for 16-bit and fp32 operands, and checked by an ahead-of-time compile of every launch
+# as the runtime specialises it (Triton 3.6 and its ptxas, the GPU machine's; V = 151936, H = 1536;
+# `benchmarks/ptxas_sweep.py`, run on every CI by tests/test_kernels_compile_aot.py): none spills a
+# register at sm_90 and each fits an H100's and an A100's shared memory. 64×128×64 tiles at 4 warps,
+# the old default, spilled 276–2388 bytes.
 # Before tuning, configs are pruned by an estimate of their shared memory against the GPU's limit, so a
 # config that cannot fit is never compiled (Triton would drop it silently after a failed compile).
 # The forward's BLOCK_M is fixed: the split count S is derived from it before the launch.
@@ -211,11 +216,15 @@ BWD_TILES = {
 }
 
 
-def smem_bytes(block_m: int, block_v: int, block_k: int, stages: int, elem: int) -> int:
+def smem_bytes(block_m: int, block_v: int, block_k: int, stages: int, elem: int, kind: str = "fwd") -> int:
     """Shared memory of one program, an upper estimate: `stages` buffered (h, W) k-slices plus a
-    [BLOCK_M, BLOCK_V] fp32 tile staged between the dots; fp32 operands × 1.5 (3×tf32 splits them)."""
-    tiles = stages * (block_m + block_v) * block_k * elem * (1.5 if elem == 4 else 1)
-    return int(tiles) + block_m * block_v * 4
+    [BLOCK_M, BLOCK_V] fp32 tile staged between the dots; fp32 operands × 1.5 (3×tf32 splits them).
+    The atomic backward ("bwd") also stages dz and dzᵀ as dot operands. The AOT compile test
+    (tests/test_kernels_compile_aot.py) holds every autotuned config's real figure to this bound."""
+    grow = 1.5 if elem == 4 else 1
+    tiles = stages * (block_m + block_v) * block_k * elem * grow
+    dz = 2 * block_m * block_v * elem * grow if kind == "bwd" else 0
+    return int(tiles + dz) + block_m * block_v * 4
 
 
 def _smem_limit() -> int:
@@ -223,9 +232,22 @@ def _smem_limit() -> int:
     return triton.runtime.driver.active.utils.get_device_properties(dev)["max_shared_mem"]
 
 
-def autotuned(kernel, tiles: dict[int, list[tuple]], key: list[str], **kw):
+def m_bucket(m: int) -> int:
+    """M rounded up to a power of 4 in [16, 16384]: the autotune key's M. A tile tuned on a few rows
+    is not reused for thousands, and a few buckets keep tuning rare."""
+    b = 16
+    while b < min(m, 16384):
+        b *= 4
+    return b
+
+
+def autotuned(kernel, tiles: dict[int, list[tuple]], key: list[str], kind: str = "fwd", **kw):
     """`kernel` autotuned over `tiles`; a launch tries only the tiles of its operand width (16 or 32
-    bits) whose shared memory fits this GPU."""
+    bits) whose shared memory (`smem_bytes` for `kind`) fits this GPU. The key gets M's bucket
+    (`M_BUCKET`), and the choice is cached on disk (Triton's cache dir): the tile, hence the bits,
+    of a shape stay the same from one process to the next on this machine, instead of following
+    each process's timing noise. (The forward's split count S follows the SM count: other GPUs,
+    other bits.)"""
     pairs = [
         (bits, triton.Config(dict(BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk), num_warps=w, num_stages=s))
         for bits in (16, 32)
@@ -238,13 +260,14 @@ def autotuned(kernel, tiles: dict[int, list[tuple]], key: list[str], **kw):
         mine = [c for c in configs if width[id(c)] == (32 if elem == 4 else 16)]
         limit = _smem_limit()
         kb = lambda c: smem_bytes(
-            c.kwargs["BLOCK_M"], c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_stages, elem
+            c.kwargs["BLOCK_M"], c.kwargs["BLOCK_V"], c.kwargs["BLOCK_K"], c.num_stages, elem, kind
         )
         return [c for c in mine if kb(c) <= limit] or [min(mine, key=kb)]
 
     return triton.autotune(
-        [c for _, c in pairs], key=key, prune_configs_by={"early_config_prune": prune}, **kw
-    )(kernel)
+        [c for _, c in pairs], key=["M_BUCKET", *key], prune_configs_by={"early_config_prune": prune},
+        cache_results=True, **kw,
+    )(kernel)  # fmt: skip
 
 
 def _fwd_tiles() -> dict[int, list[tuple]]:
@@ -261,6 +284,7 @@ else:
         _span_bwd_kernel,
         BWD_TILES,
         key=["V", "H", "PRECISION", "COMPUTE_DW"],
+        kind="bwd",
         reset_to_zero=["dh_ptr", "dw_ptr"],  # tuning runs every config into the same accumulators
     )
     _fwd_meta, _bwd_meta = {}, {}
@@ -285,7 +309,8 @@ def triton_forward(
     if m:
         fp32_dot, precision = dot_mode(hidden.dtype)
         _fwd[(triton.cdiv(m, FWD_BLOCK_M), s)](
-            hidden, weight, idx, targets, part, m, *hidden.stride(), *weight.stride(), 1.0 / temperature,
+            hidden, weight, idx, targets, part, m, m_bucket(m), *hidden.stride(), *weight.stride(),
+            1.0 / temperature,
             V=v, H=hdim, S=s, FP32_DOT=fp32_dot, PRECISION=precision, **_fwd_meta,
         )  # fmt: skip
     mx, run_sum, run_zsum, zy = part
@@ -324,7 +349,7 @@ def atomic_backward(
         fp32_dot, precision = dot_mode(hidden.dtype)
         grid = lambda meta: (triton.cdiv(v, meta["BLOCK_V"]), triton.cdiv(m, meta["BLOCK_M"]))
         _bwd[grid](
-            hidden, weight, idx, targets, lse, g, scale, dh_m, dw, m,
+            hidden, weight, idx, targets, lse, g, scale, dh_m, dw, m, m_bucket(m),
             *hidden.stride(), *weight.stride(), 1.0 / temperature, V=v, H=hdim,
             FP32_DOT=fp32_dot, PRECISION=precision, COMPUTE_DW=need_dw, SCALED=scaled, **_bwd_meta,
         )  # fmt: skip
