@@ -3,18 +3,27 @@ weight, and the fused kernel (Triton on CUDA, chunked torch elsewhere)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from .config import LossConfig
+from .config import LossConfig, R3Config
 from .data import PackedBatch, StepPlan
-from .distributed import unwrap
-from .kernels import LOSS_TYPES, span_grpo_loss, span_logprobs
+from .errors import UserError
+from .kernels import LOSS_TYPES, ObjectiveParams, span_grpo_loss, span_logprobs
 from .lora import head_weight
-from .model import forward_hidden
+from .model import forward_hidden, unwrap
 
-__all__ = ["SpanLoss", "check_supported", "lm_head_weight"]
+__all__ = ["SpanLoss", "check_impl_device", "check_supported", "lm_head_weight"]
+
+
+def check_impl_device(impl: str, device: torch.device) -> None:
+    """loss.impl=triton* needs CUDA (or Triton's CPU interpreter, TRITON_INTERPRET=1, in tests)."""
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if impl.startswith("triton") and device.type != "cuda" and not interpreting:
+        raise UserError(f"loss.impl={impl} needs a CUDA device (this run is on {device}); "
+                        "use loss.impl=auto or torch")  # fmt: skip
 
 
 def check_supported(model: torch.nn.Module) -> None:
@@ -54,6 +63,13 @@ class SpanLoss:
     kernel gets bf16 hidden states and a bf16 view of the head weight (its gradient flows back to the
     fp32 master); per-token terms and reductions stay fp32 inside the kernel."""
 
+    @classmethod
+    def from_config(cls, cfg: R3Config) -> SpanLoss:
+        """[loss], with τ = the sampling temperature and dr_grpo's length = the reflection cap."""
+        s = cfg.sampler
+        return cls(cfg.loss, temperature=s.temperature, max_span_tokens=s.max_reflection_tokens,
+                   compute_dtype=getattr(torch, cfg.model.compute_dtype))  # fmt: skip
+
     def _hidden_and_head(self, model: torch.nn.Module, batch: PackedBatch):
         """(hidden [T, H], head weight [V, H], attention backend) in the compute dtype."""
         mixed = self.compute_dtype != torch.float32
@@ -66,6 +82,16 @@ class SpanLoss:
         if mixed:
             hidden, weight = hidden.to(self.compute_dtype), weight.to(self.compute_dtype)
         return hidden, weight, backend
+
+    def objective_params(self) -> ObjectiveParams:
+        """The loss type's knobs from the config (eps_low/eps_high are passed on their own)."""
+        c = self.cfg
+        return ObjectiveParams(
+            eps_low=c.eps_low, eps_high=c.eps_high, delta=c.delta,
+            sapo_temperature_pos=c.sapo_temperature_pos, sapo_temperature_neg=c.sapo_temperature_neg,
+            vespo_k_pos=c.vespo_k_pos, vespo_lambda_pos=c.vespo_lambda_pos,
+            vespo_k_neg=c.vespo_k_neg, vespo_lambda_neg=c.vespo_lambda_neg,
+        )  # fmt: skip
 
     def num_items(self, plan: StepPlan) -> float | None:
         """The whole optimiser step's denominator, so micro-batch losses add up to the step loss."""
@@ -118,6 +144,8 @@ class SpanLoss:
             eps_high=self.cfg.eps_high,
             temperature=self.temperature,
             loss_type=self.cfg.loss_type,
+            ratio_level=self.cfg.importance_sampling_level,
+            params=self.objective_params(),
             seq_ids=batch.seq_index,
             num_items=self.num_items(plan),
             impl=self.cfg.impl,

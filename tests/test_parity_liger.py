@@ -75,3 +75,47 @@ def test_loss_and_gradients_equal_liger(loss_type, bias_kl):
     torch.testing.assert_close(mine.loss, theirs.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h2.grad.reshape(B, T, H), h1.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-4, atol=1e-6)
+
+
+# The types and levels Liger 0.8.5 shares with TRL and r3fast. Liger refuses sapo at the sequence
+# level; its luspo scales the whole [B, T] per-token loss (padding included) by the sequence length,
+# which equals TRL's only when the per-token loss is one value per sequence: sequence level, β = 0.
+LIGER_NEW = [("cispo", "token", 0.04), ("sapo", "token", 0.04), ("vespo", "token", 0.04),
+             ("grpo", "sequence", 0.04), ("luspo", "sequence", 0.0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("loss_type,level,beta", LIGER_NEW, ids=[f"{t}-{lv}" for t, lv, _ in LIGER_NEW])
+def test_new_loss_types_equal_liger(loss_type, level, beta):
+    p = problem(seed=11)
+    eps_high = 1.2 if loss_type == "cispo" else 0.28  # cispo: the cap ε_max on the ratio itself
+    theirs_loss = liger.LigerFusedLinearGRPOLoss(
+        beta=beta, epsilon_low=0.2, epsilon_high=eps_high, loss_type=loss_type, compiled=False,
+        use_ref_model=True, chunk_size=2, temperature=TAU, max_completion_length=T,
+        importance_sampling_level=level,
+    )  # fmt: skip
+    h1 = p["hidden"].clone().requires_grad_()
+    w1 = p["weight"].clone().requires_grad_()
+    out = theirs_loss(
+        h1, w1, p["ids"], p["mask"], p["adv"], ref_per_token_logps=p["ref"], old_per_token_logps=p["old"]
+    )
+    theirs = out[0] if isinstance(out, tuple) else out
+    theirs.backward()
+
+    h2 = p["hidden"].reshape(B * T, H).clone().requires_grad_()
+    w2 = p["weight"].clone().requires_grad_()
+    mine = span_grpo_loss(
+        h2, w2, p["ids"].reshape(-1), p["mask"].reshape(-1).bool(),
+        p["adv"][:, None].expand(B, T).reshape(-1), old_logp=p["old"].reshape(-1),
+        ref_logp=p["ref"].reshape(-1), beta=beta, eps_low=0.2, eps_high=eps_high, temperature=TAU,
+        loss_type=loss_type, seq_ids=torch.arange(B)[:, None].expand(B, T).reshape(-1),
+        ratio_level=level, impl="torch",
+    )  # fmt: skip
+    mine.loss.backward()
+    # fp32 on both sides, different chunking and summation order: the existing test's bounds
+    torch.testing.assert_close(mine.loss, theirs.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h2.grad.reshape(B, T, H), h1.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-4, atol=1e-6)
+    dl = (mine.loss - theirs).abs().item()
+    dg = max((h2.grad.reshape(B, T, H) - h1.grad).abs().max().item(), (w2.grad - w1.grad).abs().max().item())
+    print(f"parity vs Liger {loss_type}/{level}: loss abs {dl:.1e} (rel {dl / abs(theirs.item()):.1e}), "
+          f"grad max abs {dg:.1e}")  # fmt: skip
