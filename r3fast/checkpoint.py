@@ -6,6 +6,11 @@ A transformers model is written with `save_pretrained` (plus the tokenizer when 
 `from_pretrained(<run>/checkpoints/step_N)` and `r3fast eval --model <that dir>` load it; a LoRA
 run's checkpoint holds the adapter (peft's `AutoPeftModelForCausalLM` and `r3fast eval` load it).
 Pruning keeps the newest checkpoints by the step each one recorded, never by directory name.
+
+Nothing in a checkpoint can run code: `state.pt` holds only tensors, numbers, strings, lists
+and dicts (RNG states converted to those) and is read with `torch.load(weights_only=True)`; the
+weights are safetensors; and every file is checked against the digests in `trainer_state.json`
+(r3fast.ckpt_verify) before anything is loaded.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 from safetensors.torch import load_file, save_model
 
 from .atomic import atomic_dir, write_text_atomic
+from .ckpt_verify import check_checkpoint, seal
+from .errors import UserError
 from .lora import is_lora
 from .rundir import latest_checkpoint
 
@@ -28,15 +35,24 @@ __all__ = ["latest_checkpoint", "load_checkpoint", "prune_checkpoints", "save_ch
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Plain lists and tensors only, so `weights_only=True` can read them back."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -52,6 +68,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     tokenizer: Any = None,
     keep: int = 2,
+    model_card: str | None = None,
 ) -> Path:
     """Write `run_dir/checkpoints/step_XXXXXXXX` atomically, point `latest` at it, prune old ones."""
     ckpt_root = Path(run_dir) / "checkpoints"
@@ -63,11 +80,15 @@ def save_checkpoint(
             save_model(model, str(tmp / "model.safetensors"))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if model_card is not None:  # README.md: what these weights are (r3fast.model_card)
+            (tmp / "README.md").write_text(model_card, encoding="utf-8")
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
             tmp / "state.pt",
         )
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
+        # last: the digests of everything above, and of itself
+        state = seal({"step": step, **trainer_state}, tmp)
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
     write_text_atomic(ckpt_root / "latest", dest.name)
     prune_checkpoints(ckpt_root, current=dest, keep=keep)
     return dest
@@ -113,10 +134,18 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
 def load_checkpoint(
     path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
-    """Restore everything `save_checkpoint` wrote; returns the trainer state (with `step`)."""
+    """Restore everything `save_checkpoint` wrote, after checking it (`UserError` if corrupt);
+    returns the trainer state (with `step`)."""
     path = Path(path)
+    why = check_checkpoint(path, path.parent.parent)
+    if why is not None:
+        raise UserError(f"checkpoint {path}: {why}")
+    try:  # digests match, but a hand-made checkpoint may still hold pickled code: refused
+        state = torch.load(path / "state.pt", weights_only=True)
+    except Exception as e:
+        raise UserError(f"checkpoint {path}: state.pt is not plain tensors and numbers ({type(e).__name__}), "
+                        "cannot be loaded safely") from None  # fmt: skip
     _load_weights(model, path)
-    state = torch.load(path / "state.pt", weights_only=False)  # our own file: RNG states are not tensors
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])

@@ -125,9 +125,17 @@ def _coerce(value: Any, hint: Any) -> Any:
 def coerce(value: Any, hint: Any, key: str) -> Any:
     """`value` as type `hint`, or `ConfigError("key: cannot read 'x' as int")`."""
     try:
-        return _coerce(value, hint)
+        out = _coerce(value, hint)
     except ValueError:
-        raise ConfigError(f"{key}: cannot read {value!r} as {describe(hint)}") from None
+        raise ConfigError(f"{key}: cannot read {_short(value)} as {describe(hint)}") from None
+    if type(out) is int and not -(2**63) <= out < 2**63:  # torch, numpy and JSON readers stop at 64 bits
+        raise ConfigError(f"{key}: {_short(out)} does not fit in a 64-bit integer")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"{str(value)[:12]}..."
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def field_docs(cls: type) -> dict[str, str]:

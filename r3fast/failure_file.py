@@ -6,7 +6,9 @@ Torch-free on purpose: `validate` reads the whole file up front, before any mode
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,21 +67,56 @@ class Failure:
         return cls(**rec)
 
 
-def read_failures(path: str | Path) -> list[Failure]:
-    """Every failure of a failure set; a malformed line raises `UserError` naming file and line."""
+MAX_LINE_BYTES = 1 << 20  # a failure record is a prompt's example plus one short answer
+MAX_ATTEMPT_CHARS = 50_000
+
+
+def _lines(f, path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, bytes) of each line, refusing one longer than MAX_LINE_BYTES
+    before it is read whole."""
+    offset = 0
+    for lineno in itertools.count(1):
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            raise UserError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES} bytes, not a failure record")
+        yield lineno, offset, raw
+        offset += len(raw)
+
+
+def read_failures(
+    path: str | Path, check: Callable[[dict], str | None] | None = None, task: str = "the task"
+) -> list[Failure]:
+    """Every failure of a failure set; a malformed line raises `UserError` naming file and line.
+    `check(example)` says why an example does not fit the task (None when it does)."""
     failures = []
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")
     except OSError as e:
         raise UserError(f"failure set {path}: {e.strerror or e}") from None
     with f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, offset, raw in _lines(f, path):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not UTF-8 (byte offset {offset + e.start})") from None
             if not line.strip():
                 continue
             try:
-                failures.append(Failure.from_record(json.loads(line)))
+                rec = Failure.from_record(json.loads(line))
+            except RecursionError:
+                raise UserError(f"{path}:{lineno}: bad failure record: nested too deeply") from None
             except ValueError as e:  # json.JSONDecodeError is a ValueError
                 raise UserError(f"{path}:{lineno}: bad failure record: {e}") from None
+            if len(rec.attempt) > MAX_ATTEMPT_CHARS:
+                raise UserError(
+                    f"{path}:{lineno}: attempt of {len(rec.attempt)} characters (at most {MAX_ATTEMPT_CHARS})"
+                )
+            why = check(rec.example) if check is not None else None
+            if why:
+                raise UserError(f"{path}:{lineno}: example does not fit {task}: {why}")
+            failures.append(rec)
     if not failures:
         raise UserError(f"{path}: no failure records")
     return failures

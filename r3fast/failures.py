@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import random
 
+from .config import R3Config
 from .failure_file import Failure, read_failures
 from .mining import mine_failures
 from .sampling import Sampler, SamplingParams
 from .seeds import seed_for
+from .tasks.base import example_problem
 
 __all__ = ["FailureSource"]
 
@@ -39,7 +41,16 @@ class FailureSource:
         if online:
             self.pool = task.dataset(pool_size, seed=seed, split="train")
         else:
-            self.pool = read_failures(path)
+            self.pool = read_failures(
+                path, check=lambda ex: example_problem(task, ex), task=f"task {getattr(task, 'name', '?')!r}"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: R3Config, task, *, rank: int = 0, world: int = 1) -> FailureSource:
+        """[data]'s failure set (or online mining with data.mine_tries), ordered by trainer.seed."""
+        d = cfg.data
+        return cls(task=task, path=None if d.mines_online else d.failures, online=d.mines_online,
+                   seed=cfg.trainer.seed, tries=d.mine_tries, rank=rank, world=world)  # fmt: skip
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.pool)))

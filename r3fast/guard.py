@@ -9,6 +9,7 @@ non-finite tensor never reaches a checkpoint, `latest` or `final/`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -26,8 +27,11 @@ def weights_finite(model: torch.nn.Module) -> bool:
 class NonFiniteGuard:
     """Counts consecutive non-finite steps; `state_dict` makes the count survive a resume."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, kept: Callable[[], str] | None = None) -> None:
+        """kept(): what the run directory still holds, said only after checking it (the trainer
+        verifies its newest checkpoint); never claimed blindly."""
         self.limit, self.streak = limit, 0
+        self.kept = kept or (lambda: "no checkpoint was checked")
 
     @staticmethod
     def finite(*values: float) -> bool:
@@ -40,14 +44,14 @@ class NonFiniteGuard:
             raise NonFiniteError(
                 f"stopped at step {step}: loss or grad norm non-finite for {self.streak} consecutive steps "
                 f"(trainer.max_nonfinite_steps={self.limit}); the weights are those of the last finite "
-                "update and the latest checkpoint is intact. Lower optim.lr or set optim.grad_clip"
+                f"update; {self.kept()}. Lower optim.lr or set optim.grad_clip"
             )
 
     def check_weights(self, model: torch.nn.Module, what: str) -> None:
         if not weights_finite(model):
             raise NonFiniteError(
                 f"{what}: the weights are no longer finite (optim.lr too high?); nothing was saved from "
-                "this point, and the latest checkpoint is intact"
+                f"this point; {self.kept()}"
             )
 
     def state_dict(self) -> dict:

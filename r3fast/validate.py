@@ -9,6 +9,7 @@ asked for are installed. Every problem is a one-line `UserError`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shlex
 from pathlib import Path
@@ -16,13 +17,23 @@ from typing import Any
 
 import yaml
 
-from .config import R3Config
+from .config import R3Config, TaskConfig
 from .errors import UserError
 from .failure_file import read_failures
+from .hub_push import check_push
 from .model_names import check_model_name
 from .rundir import can_create_in, check_resume_config, check_run_dir
+from .tasks.base import CustomTask, example_problem
 
-__all__ = ["build_task", "check_out_path", "check_train", "mine_command", "need_package"]
+__all__ = [
+    "build_configured_task",
+    "build_task",
+    "check_out_path",
+    "check_train",
+    "mine_command",
+    "need_package",
+    "parse_task_options",
+]
 
 _PACKAGES = {
     "wandb": "trainer.report_to has wandb but it is not installed: pip install 'r3fast[wandb]'",
@@ -52,6 +63,29 @@ def build_task(name: str, options: dict[str, Any]):
         ) from None
 
 
+def parse_task_options(raw: str | None, flag: str = "--task-options") -> dict:
+    """A command line's task options: a YAML mapping like '{num_numbers: 2}' (empty: none)."""
+    if not raw:
+        return {}
+    from .safe_yaml import load
+
+    try:
+        opts = load(raw)
+    except yaml.YAMLError:
+        opts = None
+    if not isinstance(opts, dict):
+        raise UserError(f"{flag} must be a mapping like '{{num_numbers: 2}}', got {raw!r}")
+    return opts
+
+
+def build_configured_task(tc: TaskConfig, task=None):
+    """[task]'s task (or the caller's `task`), with its per-call verify time limit applied."""
+    task = build_task(tc.name, tc.options) if task is None else task
+    if hasattr(task, "verify_timeout"):  # a user's task (make_task): its per-call time limit
+        task.verify_timeout = tc.verify_timeout
+    return task
+
+
 def mine_command(cfg: R3Config) -> str:
     """The `r3fast mine` command that writes this config's failure set."""
     d, s = cfg.data, cfg.sampler
@@ -65,13 +99,52 @@ def mine_command(cfg: R3Config) -> str:
     return shlex.join(args)
 
 
-def check_failures(cfg: R3Config) -> None:
+def check_failures(cfg: R3Config, task=None) -> None:
+    """The failure set parses and (given the task) each example fits the task, with file:line."""
     path = cfg.data.failures
     if cfg.data.mines_online or path is None:
         return
     if not Path(path).is_file():
         raise UserError(f"data.failures {path} does not exist; mine it first with: {mine_command(cfg)}")
-    read_failures(path)
+    check = None if task is None else (lambda ex: example_problem(task, ex))
+    read_failures(path, check=check, task=f"task {cfg.task.name!r}")
+
+
+def check_prompt(task, seed: int) -> None:
+    """A user's task builds a valid prompt for its first example, before any model loads."""
+    if isinstance(task, CustomTask):
+        first = task.dataset(1, seed=seed, split="train")
+        if first:
+            task.build_prompt(first[0])
+
+
+def _model_max_len(name: str) -> int | None:
+    """max_position_embeddings from a local model's config.json (no weights read), if any."""
+    path = Path(name) / "config.json"
+    try:
+        cfg = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+    n = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    return n if type(n) is int and n > 0 else None
+
+
+def check_model_len(cfg: R3Config) -> None:
+    """vLLM's max_model_len fits the model, and leaves room for a prompt after the completions."""
+    s = cfg.sampler
+    limit = _model_max_len(cfg.model.name)
+    if limit is not None and s.max_model_len > limit:
+        raise UserError(
+            f"sampler.max_model_len {s.max_model_len} exceeds the model's {limit} tokens "
+            f"(max_position_embeddings in {cfg.model.name}/config.json)"
+        )
+    longest = max(s.max_answer_tokens, s.max_reflection_tokens)
+    if longest >= s.max_model_len:
+        raise UserError(
+            f"sampler.max_model_len {s.max_model_len} leaves no room for a prompt before a "
+            f"{longest}-token completion (sampler.max_answer_tokens / max_reflection_tokens)"
+        )
 
 
 def check_out_path(path: str | os.PathLike, flag: str) -> None:
@@ -88,12 +161,15 @@ def check_train(
     """Everything about a training run that can be checked without torch; returns the task."""
     task = build_task(cfg.task.name, cfg.task.options)
     check_model_name(cfg.model.name)
-    check_failures(cfg)
+    check_failures(cfg, task)
+    check_prompt(task, cfg.trainer.seed)
+    check_push(cfg.trainer.push_to_hub)
     if "wandb" in cfg.trainer.reporters:
         need_package("wandb")
     if cfg.optim.optimizer == "adamw8bit":
         need_package("bitsandbytes")
     if cfg.sampler.backend == "vllm":
+        check_model_len(cfg)
         need_package("vllm")
     if cfg.model.lora is not None:
         need_package("peft")

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def cases(d: Path) -> list[tuple[list[str], str]]:
     (d / "steps-ten.yaml").write_text("trainer:\n  steps: ten\n")
     (d / "broken.yaml").write_text("trainer: [\n")
-    (d / "bad.jsonl").write_text('{"example": {"a": 1}, "attempt": "x"}\n{"example": 3}\n')
+    ok = '{"example": {"numbers": [1, 2], "target": 3}, "attempt": "x"}\n'
+    (d / "bad.jsonl").write_text(ok + '{"example": 3}\n')
     (d / "full").mkdir()
     (d / "full" / "notes.txt").write_text("an earlier run")
     (d / "empty").mkdir()
