@@ -8,14 +8,24 @@ must already be in the local hub cache, online transformers reports a missing on
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .errors import UserError
 
-__all__ = ["EMBEDDED_MODELS", "INSTALL_HINT", "cache_dir", "check_model_name", "package_dir"]
+__all__ = [
+    "EMBEDDED_MODELS",
+    "INSTALL_HINT",
+    "cache_dir",
+    "check_hub_reachable",
+    "check_model_name",
+    "package_dir",
+]
 
 # name -> (python package that ships the GGUF, file name inside it)
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
@@ -76,3 +86,30 @@ def check_model_name(name: str | os.PathLike) -> str:
         f"unknown model {name!r} ({reason}): pass one of the embedded models {sorted(EMBEDDED_MODELS)}, "
         "a local directory written by save_pretrained, or an HF hub id like 'org/name' or 'gpt2'"
     )
+
+
+@functools.cache
+def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub, cached per process and endpoint (no DNS: fails at once)."""
+    u = urlparse(endpoint)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        socket.create_connection((u.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_hub_reachable(name: str) -> None:
+    """Before a hub id is loaded: not offline and not cached, the hub must answer a connect, else a
+    one-line `UserError` now, instead of a minute of transformers' retries on a machine without a
+    network (HF_HUB_OFFLINE=1 makes transformers use the cache alone, at once)."""
+    if _offline() or _in_hub_cache(name):
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    if not _reachable(endpoint):
+        raise UserError(
+            f"model {name!r}: the hub ({endpoint}) cannot be reached and the model is not in the local "
+            "hub cache; pass a local directory written by save_pretrained, an embedded model "
+            f"{sorted(EMBEDDED_MODELS)}, or download it first where there is a network"
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,33 @@ def test_package_docstring_example(session, tiny_dir):
     code = "\n".join(line[4:] for line in doc.splitlines() if line.startswith("    ") or not line.strip())
     exec_example(code.split("\n\n\n")[0].strip() + "\n", tiny_dir)
     assert (session / "runs/r3/report.md").is_file()
+
+
+def test_your_own_task_section(session, tiny_dir, capsys, monkeypatch):
+    """The dataset task and the import-path task train from their YAML files alone; `r3fast env`
+    prints the report: every command of the "Your own task" section, as written."""
+    section = README.read_text().split("## Your own task", 1)[1].split("\n## ", 1)[0]
+    files = {
+        b.splitlines()[0].split()[1].rstrip(":"): b
+        for b in re.findall(r"```(?:yaml|py)\n(.*?)```", section, re.S)
+    }
+    assert sorted(files) == ["my_task.yaml", "my_tasks.py", "qa.yaml"]
+    for name, text in files.items():
+        (session / name).write_text(text)
+    (session / "data").mkdir()
+    rows = [{"question": f"What is {i} squared?", "answer": str(i * i)} for i in range(20)]
+    (session / "data/qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (block,) = [b for b in blocks("bash") if "r3fast env" in b]
+    commands = r3fast_commands(block)
+    assert [c[0] for c in commands] == ["train", "train", "env"]
+    monkeypatch.syspath_prepend(str(session))  # my_tasks.py, importable as the user's own module
+    for argv in commands:
+        if argv[0] == "env":
+            assert cli.main(argv) == 0
+            assert "span-loss self-test" in capsys.readouterr().out
+        else:
+            run(argv, tiny_dir)
+    sys.modules.pop("my_tasks", None)  # the next session's my_tasks.py is another file
+    for run_dir in ("runs/qa", "runs/parity"):
+        assert (session / run_dir / "report.md").is_file()
+        assert (session / run_dir / "final/README.md").read_text().startswith("---\n")

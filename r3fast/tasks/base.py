@@ -17,6 +17,9 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import UserError
+from .checked import Counters, VerifyTimeout, call_with_timeout, check_messages, short, verdict
+
 __all__ = [
     "Example",
     "Message",
@@ -28,6 +31,8 @@ __all__ = [
     "split_of",
     "select_split",
     "check_split",
+    "example_problem",
+    "verify_counts",
 ]
 
 Example = dict[str, Any]
@@ -59,12 +64,13 @@ def never_raises(verify: Callable[..., bool]) -> Callable[..., bool]:
 
     A verifier that raised would crash a training step over one odd sample; False is the honest
     reward for an answer that cannot be checked. RecursionError/MemoryError are Exceptions too.
+    Only True (or 1) is a success: ``bool("False")`` would be one.
     """
 
     @functools.wraps(verify)
     def wrapped(*args: Any, **kwargs: Any) -> bool:
         try:
-            return bool(verify(*args, **kwargs))
+            return verdict(verify(*args, **kwargs)) is True
         except Exception:
             return False
 
@@ -118,6 +124,7 @@ class CustomTask:
         examples: Sequence[Example] | None = None,
         dataset: Callable[..., list[Example]] | None = None,
         eval_fraction: float = 0.2,
+        verify_timeout: float = 5.0,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("name must be a non-empty string")
@@ -133,16 +140,41 @@ class CustomTask:
                 json.dumps(ex)  # fail now, not when the failure set is written
         self.name = name
         self._build_prompt = build_prompt
-        self._verify = never_raises(verify)
+        self._verify = verify
         self._examples = examples
         self._dataset = dataset
         self.eval_fraction = eval_fraction
+        self.verify_timeout = verify_timeout
+        """Seconds one verify call may take (0: no limit); the trainer sets task.verify_timeout."""
+        self.counters = Counters(name)
 
     def build_prompt(self, example: Example) -> list[Message]:
-        return self._build_prompt(example)
+        """The user's messages, checked (a one-line `UserError` naming the example otherwise)."""
+        try:
+            messages = self._build_prompt(example)
+        except Exception as e:  # a user bug on this example: say which, in one line
+            raise UserError(
+                f"task {self.name!r}: build_prompt({short(example)}) raised {type(e).__name__}: {e}"
+            ) from None
+        return check_messages(messages, self.name, example)
 
     def verify(self, example: Example, completion: str) -> bool:
-        return self._verify(example, completion)
+        """True only for a True (or 1) within the time limit; an exception, a timeout or a result
+        that is not a bool are failures, the last two counted (`verify_counts`)."""
+        try:
+            result = call_with_timeout(self._verify, (example, completion), self.verify_timeout)
+        except VerifyTimeout:
+            self.counters.add("verify_timeouts", f"verify took longer than {self.verify_timeout:g} s")
+            return False
+        except Exception:
+            return False
+        ok = verdict(result)
+        if ok is None:
+            self.counters.add(
+                "verify_invalid", f"verify returned {short(result, 40)} ({type(result).__name__}), not a bool"
+            )
+            return False
+        return ok
 
     def dataset(self, n: int | None, seed: int = 0, split: str = "train") -> list[Example]:
         check_split(split)
@@ -163,10 +195,40 @@ def make_task(
     dataset: Callable[..., list[Example]] | None = None,
     *,
     eval_fraction: float = 0.2,
+    verify_timeout: float = 5.0,
 ) -> CustomTask:
     """A task from a user's prompt builder and verifier; ``verify`` is wrapped to never raise.
 
     ``examples``: a list of dicts, split train/eval by a hash of each example.
     ``dataset``: a callable ``(n, seed=, split=) -> list[dict]`` used as is.
+    ``verify_timeout``: seconds per verify call before it counts as a failure (config:
+    task.verify_timeout); ``verify`` must return a bool, anything else is a failure too.
     """
-    return CustomTask(name, build_prompt, verify, examples, dataset, eval_fraction)
+    return CustomTask(name, build_prompt, verify, examples, dataset, eval_fraction, verify_timeout)
+
+
+def verify_counts(task: Any) -> dict[str, int]:
+    """A task's running counts of invalid and timed-out verify calls (zeros for a built-in task)."""
+    counters = getattr(task, "counters", None)
+    counts = getattr(counters, "counts", None)
+    return dict(counts) if isinstance(counts, dict) else {"verify_invalid": 0, "verify_timeouts": 0}
+
+
+def example_problem(task: Any, example: Any) -> str | None:
+    """Why `example` does not fit `task` (its own `check_example`, else its prompt must build), or None."""
+    if not isinstance(example, dict):
+        return "the example is not an object"
+    check = getattr(task, "check_example", None)
+    if callable(check):
+        return check(example)
+    try:
+        messages = task.build_prompt(example)
+    except UserError as e:
+        return str(e)
+    except Exception as e:
+        return f"build_prompt raised {type(e).__name__}: {e}"
+    try:
+        check_messages(messages, getattr(task, "name", "task"), example)
+    except UserError as e:
+        return str(e)
+    return None

@@ -236,10 +236,19 @@ def solve(numbers: list[int], target: int, ops: str = _OPS) -> str | None:
     return search([(Fraction(v), str(v)) for v in numbers]) if numbers else None
 
 
-def _range(value: Any, what: str, low: int) -> tuple[int, int]:
-    lo, hi = (value, value) if isinstance(value, int) else tuple(value)
-    if type(lo) is not int or type(hi) is not int or not low <= lo <= hi:
-        raise ValueError(f"{what} must be an int or (lo, hi) with {low} <= lo <= hi, got {value!r}")
+# Upper bounds: beyond them generation and the exact solver take minutes to hours, and no
+# model reads such a prompt (the paper uses 3-4 numbers <= 100).
+MAX_NUMBERS = 8
+MAX_VALUE = 10**6
+
+
+def _range(value: Any, what: str, low: int, high: int = 10**18) -> tuple[int, int]:
+    try:
+        lo, hi = (value, value) if isinstance(value, int) else tuple(value)
+    except (TypeError, ValueError):
+        lo = hi = None
+    if type(lo) is not int or type(hi) is not int or not low <= lo <= hi <= high:
+        raise ValueError(f"{what} must be an int or (lo, hi) with {low} <= lo <= hi <= {high}, got {value!r}")
     return lo, hi
 
 
@@ -259,8 +268,8 @@ def _stream(
     rng: random.Random, num_numbers: Any, number_range: Any, target_range: Any, ops: str
 ) -> Iterator[Example]:
     """Endless solvable examples; ValueError when the knobs admit (almost) none."""
-    k_lo, k_hi = _range(num_numbers, "num_numbers", 2)
-    n_lo, n_hi = _range(number_range, "number_range", 1)
+    k_lo, k_hi = _range(num_numbers, "num_numbers", 2, MAX_NUMBERS)
+    n_lo, n_hi = _range(number_range, "number_range", 1, MAX_VALUE)
     t_lo, t_hi = _range(target_range, "target_range", -(10**18))
     if not ops or set(ops) - set(_OPS):
         raise ValueError(f"ops must be a non-empty subset of {_OPS!r}, got {ops!r}")
@@ -332,6 +341,17 @@ class CountdownTask:
 
     def build_prompt(self, example: Example) -> list[Message]:
         return build_prompt(example, self.ops)
+
+    def check_example(self, example: Example) -> str | None:
+        """Why a stored example (a failure set's) is not a Countdown task, or None."""
+        numbers, target = example.get("numbers"), example.get("target")
+        if not isinstance(numbers, list) or not 1 <= len(numbers) <= MAX_NUMBERS:
+            return f"'numbers' must be a list of 1 to {MAX_NUMBERS} integers, got {numbers!r:.60}"
+        if not all(type(v) is int and 0 < v <= MAX_VALUE for v in numbers):
+            return f"'numbers' must hold integers in [1, {MAX_VALUE}], got {numbers!r:.60}"
+        if type(target) is not int or abs(target) > 10**18:
+            return f"'target' must be an integer, got {target!r:.60}"
+        return None
 
     def verify(self, example: Example, completion: str) -> bool:
         return verify(example, completion, self.ops)

@@ -19,6 +19,7 @@ _FACTORIES: dict[str, Callable[..., Task] | str] = {
     "function_calling": "r3fast.tasks.function_calling:FunctionCallingTask",
     "multihop": "r3fast.tasks.multihop:MultiHopTask",
     "cwe": "r3fast.tasks.cwe:CWETask",
+    "dataset": "r3fast.tasks.dataset:DatasetTask",
 }
 
 
@@ -34,13 +35,19 @@ def register_task(name: str, factory: Callable[..., Task], *, overwrite: bool = 
 
 
 def available_tasks() -> list[str]:
-    return sorted(_FACTORIES)
+    """Built-in and registered names, and those of installed packages' `r3fast.tasks` entry points."""
+    from r3fast.tasks.loader import entry_point_tasks
+
+    return sorted({*_FACTORIES, *entry_point_tasks()})
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """The task registered as ``name``, built with ``options``; unknown name -> ValueError."""
+    """The task registered as ``name``, built with ``options``; else ``name`` as an import path
+    (``my_pkg.tasks:make_task``) or an entry point (r3fast.tasks.loader); unknown -> UserError."""
     if name not in _FACTORIES:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(available_tasks())}")
+        from r3fast.tasks.loader import load_task
+
+        return load_task(name, options, list(_FACTORIES))
     factory = _FACTORIES[name]
     if isinstance(factory, str):
         module, attr = factory.split(":")
