@@ -18,45 +18,36 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from . import safe_yaml
 from .coerce import coerce
+from .config_base import FREE_ON_RESUME, RENAMED, _Section, as_written, depth, note, upgrade
+from .config_loss import IS_ALIASES, RATIO_LEVELS, LossConfig
 from .errors import ConfigError, UserError
 from .prompts import REFLECT_PROMPT
 
+# Re-exported here: the loss section (config_loss), the field metadata and old names (config_base).
 __all__ = [
+    "FREE_ON_RESUME",
+    "IS_ALIASES",
+    "RATIO_LEVELS",
+    "RENAMED",
     "DataConfig",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
     "R3Config",
+    "RolloutConfig",
     "SamplerConfig",
     "TaskConfig",
     "TrainerConfig",
     "apply_overrides",
     "load_config",
+    "may_change_on_resume",
+    "upgrade",
 ]
 
 REPORTERS = ("jsonl", "tensorboard", "wandb")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
-
-class _Section:
-    """Coerce every field to its type, then let the subclass check ranges (`_check`)."""
-
-    SECTION: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            key = f"{self.SECTION}.{f.name}"
-            setattr(self, f.name, coerce(getattr(self, f.name), hints[f.name], key))
-        self._check()
-
-    def _check(self) -> None:
-        pass
-
-    def _need(self, name: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise ConfigError(f"{self.SECTION}.{name} must be {what}, got {getattr(self, name)!r}")
 
 
 @dataclass(kw_only=True)
@@ -71,7 +62,7 @@ class ModelConfig(_Section):
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     """Learner compute dtype: bfloat16 runs forward, span loss and backward under autocast while the
     weights, gradients and AdamW state stay in `dtype` (mixed precision); the sampler serves it."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=FREE_ON_RESUME)
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:N."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them."""
@@ -120,14 +111,20 @@ class TaskConfig(_Section):
 
     SECTION: ClassVar[str] = "task"
     name: str = "countdown"
-    """A registered task (r3fast.tasks.available_tasks())."""
+    """A built-in or entry-point task (r3fast.tasks.available_tasks()), `dataset` (a local file,
+    r3fast.tasks.dataset), or an import path `my_pkg.tasks:make_task` (a factory or class)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for get_task (difficulty knobs, dataset paths)."""
     reflect_prompt: str = REFLECT_PROMPT
     """The user turn that asks for a reflection after a failed attempt (default: the paper's)."""
+    verify_timeout: float = field(default=5.0, metadata=FREE_ON_RESUME)
+    """Seconds one call of a user's verify (make_task) may take; a slower call is a failure and is
+    counted as verify_timeouts in the metrics (0: no limit)."""
 
     def _check(self) -> None:
         self._need("reflect_prompt", bool(self.reflect_prompt.strip()), "a non-empty instruction")
+        self._need("verify_timeout", 0 <= self.verify_timeout <= 3600, "in [0, 3600] seconds")
+        self._need("options", depth(self.options) <= 8, "a mapping nested at most 8 levels deep")
 
 
 @dataclass(kw_only=True)
@@ -137,8 +134,6 @@ class SamplerConfig(_Section):
     SECTION: ClassVar[str] = "sampler"
     backend: Literal["hf", "vllm"] = "hf"
     """hf (transformers generate) | vllm (colocated vLLM)."""
-    group_size: int = 8
-    """G: reflections sampled per failure (paper: 8-14)."""
     temperature: float = 0.9
     """Sampling temperature of reflections and retries (paper: ~0.9); also the loss's tau."""
     top_p: float = 1.0
@@ -149,20 +144,19 @@ class SamplerConfig(_Section):
     """Cap on a reflection, in tokens."""
     chunk_size: int = 64
     """Prompts handed to the sampler per call (progress granularity; HF batch = chunk x n)."""
-    max_batch_size: int = 64
+    max_batch_size: int = field(default=64, metadata=FREE_ON_RESUME)
     """HF sampler: sequences generated together."""
-    gpu_memory_utilization: float | str = "auto"
+    gpu_memory_utilization: float | str = field(default="auto", metadata=FREE_ON_RESUME)
     """vLLM: fraction of GPU memory, or auto (sized from the learner's measured peak)."""
-    sync_bucket_mb: int = 256
+    sync_bucket_mb: int = field(default=256, metadata=FREE_ON_RESUME)
     """vLLM: weight-sync bucket size, in MiB (0: one load_weights call per tensor)."""
-    sleep_level: int = 1
+    sleep_level: int = field(default=1, metadata=FREE_ON_RESUME)
     """vLLM (CUDA): 1 offloads weights to CPU while asleep; R3 generates twice per step between
     syncs (reflect, then retry), so level 2, which drops the weights, does not fit."""
-    max_model_len: int = 4096
+    max_model_len: int = field(default=4096, metadata=FREE_ON_RESUME)
     """vLLM: longest prompt + completion, in tokens."""
 
     def _check(self) -> None:
-        self._need("group_size", self.group_size >= 2, ">= 2 (GRPO needs a group)")
         self._need("temperature", self.temperature > 0, "> 0 for training")
         self._need("top_p", 0 < self.top_p <= 1, "in (0, 1]")
         for name in ("max_answer_tokens", "max_reflection_tokens", "chunk_size", "max_batch_size"):
@@ -179,43 +173,22 @@ class SamplerConfig(_Section):
 
 
 @dataclass(kw_only=True)
-class LossConfig(_Section):
-    """The GRPO span loss over reflection tokens."""
+class RolloutConfig(_Section):
+    """Episodes: G reflections per failure, a retry after each, rewards to advantages, the sequences
+    the learner gets (r3fast.rollout)."""
 
-    SECTION: ClassVar[str] = "loss"
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
-    """TRL's normalisations."""
-    beta: float = 0.001
-    """k3 KL coefficient to the frozen reference model (paper: 0.001); 0 loads no reference."""
-    eps_low: float = 0.2
-    """Lower clip range of the importance ratio."""
-    eps_high: float = 0.2
-    """Upper clip range of the importance ratio."""
+    SECTION: ClassVar[str] = "rollout"
+    group_size: int = 8
+    """G: reflections sampled per failure (paper: 8-14)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """TRL's scale_rewards: A = (r − mean_group)/(std + 1e-4) with the group's std (group: the paper's),
+    the whole step's std (batch), or A = r − mean_group unscaled (none: Dr. GRPO)."""
     mask_truncated_completions: bool = False
     """TRL's name: reflections cut at sampler.max_reflection_tokens get no loss (they still count in
     their group's advantages), so a run is not rewarded for the first tokens of a cut-off sentence."""
-    bias_correction_kl: bool = False
-    """TRL's use_bias_correction_kl (TRL's default: true): the KL term times the importance ratio.
-    Same value at ratio 1, but the gradient gains kl·∇logp; false is the plain k3 gradient."""
-    impl: Literal["auto", "triton", "triton_atomic", "triton_splitv", "torch"] = "auto"
-    """Span-loss implementation: auto (triton on CUDA, else torch); triton = Triton forward + split-V
-    backward (deterministic); triton_atomic = the tiled backward with fp32 atomics; torch = chunked."""
-
-    num_iterations: int = 1
-    """μ (TRL's name): optimiser steps per rollout batch. μ > 1 reuses the batch; the learner's own
-    log-probs before the first update are the "old" policy, so ratio and clip act."""
-    is_correction: Literal["none", "token_tis", "sequence_mis"] = "none"
-    """Sampler/learner mismatch correction: token_tis weights each token's surrogate by
-    min(π_old/π_sampler, is_cap); sequence_mis drops sequences whose ratio leaves [1/is_cap, is_cap]."""
-    is_cap: float = 3.0
-    """The cap c of is_correction (TRL's default: 3)."""
 
     def _check(self) -> None:
-        self._need("beta", self.beta >= 0, ">= 0")
-        self._need("eps_low", 0 <= self.eps_low < 1, "in [0, 1)")
-        self._need("eps_high", self.eps_high >= 0, ">= 0")
-        self._need("num_iterations", self.num_iterations >= 1, ">= 1")
-        self._need("is_cap", self.is_cap > 1, "> 1")
+        self._need("group_size", 2 <= self.group_size <= 512, "in [2, 512] (GRPO needs a group; paper: 8-14)")
 
 
 @dataclass(kw_only=True)
@@ -280,6 +253,7 @@ class DataConfig(_Section):
             raise ConfigError("data.online=false needs data.failures (a JSONL file from `r3fast mine`)")
         for name in ("failures_per_step", "max_tokens", "mine_tries"):
             self._need(name, getattr(self, name) >= 1, ">= 1")
+        self._need("failures_per_step", self.failures_per_step <= 4096, "<= 4096")
 
 
 @dataclass(kw_only=True)
@@ -287,42 +261,45 @@ class TrainerConfig(_Section):
     """The loop: steps, checkpoints, evaluation, logging."""
 
     SECTION: ClassVar[str] = "trainer"
-    steps: int = 100
+    steps: int = field(default=100, metadata=FREE_ON_RESUME)
     """Optimiser steps (rollout + update) to run; may be raised on --resume to extend a run."""
     seed: int = 0
     """Seed of sampling, data order and initial RNG state."""
-    output_dir: str = "runs/r3"
+    output_dir: str = field(default="runs/r3", metadata=FREE_ON_RESUME)
     """Run directory: metrics, checkpoints, final model, report."""
-    save_every: int = 50
+    save_every: int = field(default=50, metadata=FREE_ON_RESUME)
     """Checkpoint every this many steps (0: only at the end)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = field(default=2, metadata=FREE_ON_RESUME)
     """Checkpoints kept on disk, newest by recorded step."""
     eval_n: int = 64
     """Held-out examples for the four-column report (0 skips evaluation)."""
     eval_temperatures: list[float] = field(default_factory=lambda: [0.0])
     """Decodings of the final report, each on the same examples (0 is greedy); the first is the
     headline (summary, r3_effect.json, periodic evaluation)."""
-    eval_every: int = 0
+    eval_every: int = field(default=0, metadata=FREE_ON_RESUME)
     """Measure a small fixed held-out set every this many steps (0: never); logged and plotted."""
-    eval_every_n: int = 16
+    eval_every_n: int = field(default=16, metadata=FREE_ON_RESUME)
     """Size of that periodic held-out set."""
     data_parallel: Literal["ddp", "fsdp2"] = "ddp"
     """Under torchrun (world size > 1): ddp replicates the learner; fsdp2 shards it (fully_shard)."""
-    max_nonfinite_steps: int = 3
+    max_nonfinite_steps: int = field(default=3, metadata=FREE_ON_RESUME)
     """Stop after this many consecutive steps skipped for a non-finite loss or grad norm."""
-    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    report_to: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"], metadata=FREE_ON_RESUME)
     """Metric sinks: jsonl (always written) | tensorboard (extra r3fast[tensorboard]) | wandb."""
-    wandb_project: str = "r3fast"
+    wandb_project: str = field(default="r3fast", metadata=FREE_ON_RESUME)
     """W&B project (set WANDB_MODE=offline to log without a network)."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata=FREE_ON_RESUME)
     """Progress bars on a terminal; one line per update when output is redirected."""
-    tensorboard: bool = True
+    tensorboard: bool = field(default=True, metadata=FREE_ON_RESUME)
     """Shorthand: false drops tensorboard from report_to."""
+    push_to_hub: str | None = field(default=None, metadata=FREE_ON_RESUME)
+    """Hub repo id (org/name) to upload final/ (weights, tokenizer, model card) to after the run."""
 
     def _check(self) -> None:
         self._need("steps", self.steps >= 1, ">= 1")
-        self._need("seed", self.seed >= 0, ">= 0")
-        self._need("output_dir", bool(self.output_dir.strip()), "a directory path")
+        self._need("seed", 0 <= self.seed < 2**63, "in [0, 2**63)")
+        self._need("output_dir", bool(self.output_dir.strip()) and "\0" not in self.output_dir,
+                   "a directory path (no NUL byte)")  # fmt: skip
         for name in ("save_every", "eval_n", "eval_every"):
             self._need(name, getattr(self, name) >= 0, ">= 0")
         for name in ("keep_checkpoints", "eval_every_n", "max_nonfinite_steps"):
@@ -343,6 +320,7 @@ SECTIONS: dict[str, type] = {
     "task": TaskConfig,
     "sampler": SamplerConfig,
     "loss": LossConfig,
+    "rollout": RolloutConfig,
     "optim": OptimConfig,
     "data": DataConfig,
     "trainer": TrainerConfig,
@@ -355,6 +333,7 @@ class R3Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -366,8 +345,23 @@ class R3Config:
         """`{"section.field": value}` for every field (diffs, help)."""
         return {f"{s}.{k}": v for s, fields in self.to_dict().items() for k, v in fields.items()}
 
+    @property
+    def deprecations(self) -> list[str]:
+        """One note per old field name this config was read with (see RENAMED)."""
+        return self.__dict__.setdefault("_deprecations", [])
+
     @classmethod
     def from_dict(cls, raw: dict) -> R3Config:
+        raw, used = upgrade(raw)
+        try:
+            cfg = cls._from_upgraded(raw)
+        except ConfigError as e:
+            raise as_written(e, used) from None
+        cfg.deprecations.extend(note(old, new) for old, new in used.items())
+        return cfg
+
+    @classmethod
+    def _from_upgraded(cls, raw: dict) -> R3Config:
         unknown = set(raw) - set(SECTIONS)
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {list(SECTIONS)}")
@@ -383,6 +377,16 @@ class R3Config:
         return cls(**parts)
 
 
+def may_change_on_resume() -> frozenset[str]:
+    """`section.field` of every field marked FREE_ON_RESUME (read by the resume check and --help)."""
+    return frozenset(
+        f"{name}.{f.name}"
+        for name, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("resume") == "free"
+    )
+
+
 def _names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
@@ -395,9 +399,11 @@ def load_config(path: str | Path) -> R3Config:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file with one table per section."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise UserError(f"config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {path}: not UTF-8 (byte offset {e.start})") from None
     try:
         if path.suffix == ".toml":
             try:
@@ -406,11 +412,13 @@ def load_config(path: str | Path) -> R3Config:
                 import tomli as tomllib
             raw = tomllib.loads(text)
         else:
-            raw = yaml.safe_load(text) or {}
+            raw = safe_yaml.load(text)
     except Exception as e:  # TOMLDecodeError / YAMLError: the parser's message, on one line
         raise UserError(
             f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {_one_line(e)}"
         ) from None
+    if not raw:
+        raise ConfigError(f"{path}: the config is empty; give at least one section (trainer: {{steps: 10}})")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:
@@ -425,7 +433,7 @@ def _parse_flag_value(text: str, hint: Any) -> Any:
     if hint is str or typing.get_origin(hint) is Literal:
         return text
     try:
-        value = yaml.safe_load(text)
+        value = safe_yaml.load(text)
     except yaml.YAMLError:
         return text
     if hint == (str | None):
@@ -456,17 +464,24 @@ def apply_overrides(config: R3Config, args: list[str]) -> R3Config:
     """Apply `--section.field value` pairs; unknown keys and bad values raise `ConfigError`.
     Every value is set first and the touched sections are checked once after, so a pair of
     flags that only make sense together (data.failures + data.online) can be given in any order."""
-    touched = {}
-    for key, text in split_overrides(args):
-        section_name, _, name = key.partition(".")
-        if section_name not in SECTIONS:
-            raise ConfigError(f"--{key}: unknown section {section_name!r}; known: {list(SECTIONS)}")
-        section = getattr(config, section_name)
-        hints = typing.get_type_hints(type(section))
-        if name not in hints or name == "SECTION":
-            raise ConfigError(f"--{key}: unknown field; [{section_name}] has {_names(type(section))}")
-        setattr(section, name, coerce(_parse_flag_value(text, hints[name]), hints[name], f"--{key}"))
-        touched[section_name] = section
-    for section in touched.values():
-        section.__post_init__()
+    touched, used = {}, {}
+    try:
+        for key, text in split_overrides(args):
+            if key in RENAMED:
+                used[key] = RENAMED[key]
+                config.deprecations.append(note(key, RENAMED[key]))
+                key = RENAMED[key]
+            section_name, _, name = key.partition(".")
+            if section_name not in SECTIONS:
+                raise ConfigError(f"--{key}: unknown section {section_name!r}; known: {list(SECTIONS)}")
+            section = getattr(config, section_name)
+            hints = typing.get_type_hints(type(section))
+            if name not in hints or name == "SECTION":
+                raise ConfigError(f"--{key}: unknown field; [{section_name}] has {_names(type(section))}")
+            setattr(section, name, coerce(_parse_flag_value(text, hints[name]), hints[name], f"--{key}"))
+            touched[section_name] = section
+        for section in touched.values():
+            section.__post_init__()
+    except ConfigError as e:
+        raise as_written(e, used) from None
     return config

@@ -24,28 +24,13 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+from .model import decoder_of
+from .model.lm import DecoderOnly, unwrap
+
+# DecoderOnly / unwrap belong to r3fast.model.lm; the names stay importable from here for callers
+# that have not moved yet (r3fast/model/forward.py imports unwrap from here, lazily).
 __all__ = ["DecoderOnly", "Dist", "unwrap"]
-
-
-class DecoderOnly(torch.nn.Module):
-    """A causal LM's decoder as a module of its own, so the learner's forward runs through the
-    DDP / FSDP2 wrapper (whose hooks sync gradients) while the lm_head stays with the span loss."""
-
-    def __init__(self, lm: torch.nn.Module) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, **kwargs) -> torch.Tensor:
-        from .model import decoder_of
-
-        return decoder_of(self.lm)(**kwargs).last_hidden_state
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The causal LM inside a DDP / DecoderOnly wrapper (FSDP2 shards in place: the same object)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    return model.lm if isinstance(model, DecoderOnly) else model
 
 
 @dataclass(frozen=True)
@@ -73,6 +58,19 @@ class Dist:
             backend = "nccl" if device_type == "cuda" else "gloo"
             dist.init_process_group(backend, timeout=timedelta(hours=2))  # rank 0 evaluates alone
         return cls(rank=rank, world=world, local_rank=local)
+
+    @classmethod
+    def for_loop(cls, device_type: str, mode: str) -> Dist:
+        """`from_env`, for the training loop: fsdp2 is refused there under torchrun. Sharded weights would
+        make every generated token a collective (ranks generate different lengths) and every checkpoint
+        a gather; the learner shards (`wrap`), the loop not yet."""
+        group = cls.from_env(device_type)
+        if group.enabled and mode == "fsdp2":
+            raise UserError(
+                "trainer.data_parallel=fsdp2 is supported by r3fast.learner.Learner (Dist.wrap), not yet by "
+                "the training loop, whose samplers and checkpoints need whole weights: use ddp"
+            )
+        return group
 
     def device(self, requested: torch.device) -> torch.device:
         """One GPU per rank: cuda:LOCAL_RANK."""
@@ -111,6 +109,9 @@ class Dist:
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
+            # every rank's outstanding async work (FSDP2/DDP collectives) done before teardown: gloo
+            # threads still holding work at interpreter exit abort the process (SIGABRT, seen on CPU)
+            dist.barrier()
             dist.destroy_process_group()
 
     # ---- the learner's wrapper ------------------------------------------------------------------
@@ -127,8 +128,6 @@ class Dist:
         if mode == "fsdp2":
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
-
-            from .model import decoder_of
 
             mesh = init_device_mesh(device.type, (self.world,))
             for layer in decoder_of(lm).layers:

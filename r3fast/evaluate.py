@@ -5,13 +5,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .generation import generate_chunked
 from .prompts import REFLECT_PROMPT, render
 from .rollout import reflect_and_retry
 from .sampling import Sampler, SamplingParams
+from .sampling.build import sampling_params
+from .seeds import seed_for
 
-__all__ = ["EvalResult", "decoding_label", "evaluate", "format_eval_table"]
+if TYPE_CHECKING:
+    from .config import R3Config
+
+__all__ = ["EvalResult", "decoding_label", "evaluate", "evaluate_as_trained", "format_eval_table"]
 
 
 @dataclass(kw_only=True)
@@ -108,6 +114,39 @@ def evaluate(
         seconds=time.perf_counter() - t0,
         records=records,
     )
+
+
+def evaluate_as_trained(
+    cfg: R3Config,
+    sampler: Sampler,
+    tokenizer,
+    task,
+    *,
+    n: int | None = None,
+    temperature: float | None = None,
+    split: str = "eval",
+    progress: bool | None = None,
+) -> EvalResult:
+    """The run's evaluation protocol, the one `R3Trainer` and `r3fast eval` share: the first n
+    (default trainer.eval_n) examples of `split` drawn with trainer.seed, answers and reflections
+    seeded from their own `seed_for` streams, the sampler section's caps, top_p and chunk size, the
+    task's reflection prompt; temperature: default the headline decoding (0 is greedy)."""
+    t, s = cfg.trainer, cfg.sampler
+    n = t.eval_n if n is None else n
+    temperature = t.eval_temperatures[0] if temperature is None else temperature
+    return evaluate(
+        sampler,
+        tokenizer,
+        task,
+        task.dataset(n, seed=t.seed, split=split),
+        answer_params=sampling_params(s, reflection=False, seed=seed_for(t.seed, "eval-answer"),
+                                      temperature=temperature),
+        reflection_params=sampling_params(s, reflection=True, seed=seed_for(t.seed, "eval-reflect"),
+                                          temperature=temperature),
+        chunk_size=s.chunk_size,
+        progress=t.progress if progress is None else progress,
+        reflect_prompt=cfg.task.reflect_prompt,
+    )  # fmt: skip
 
 
 def decoding_label(temperature: float) -> str:

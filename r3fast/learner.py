@@ -3,8 +3,8 @@
     ref_t   = log π_ref(y_t)                    (frozen reference, β > 0 only)
     old_t   = log π_θold(y_t)                   (the learner before its first update; only when μ > 1
                                                  or a correction is asked: otherwise ratio ≡ 1)
-    w_t     = min(e^(old_t − samp_t), c)        token_tis: truncated importance weight on the surrogate
-    w_s     = 1[e^Σ(old − samp) ∈ [1/c, c]]     sequence_mis: sequences far off-policy are dropped
+    ρ       = e^(old_t − samp_t) per token, or e^Σ_t(old − samp) per sequence (TRL's four modes):
+    w       = clamp(ρ, c_min, c_max) (*_truncate) or ρ·1[ρ ∈ [c_min, c_max]] (*_mask), on the policy term
     μ times: loss = Σ_rows span_grpo_loss(rows; old, ref, w) -> backward -> clip -> AdamW step
 
 samp_t is the sampler's own log-prob of each reflection token (vLLM: bf16 kernels, other numerics):
@@ -13,45 +13,72 @@ the gap |old − samp| is logged, since it is the first thing to look at when a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from .config import R3Config
 from .data import PackedBatch, StepPlan, TrainSequence, pack_sequences, plan_step
 from .distributed import Dist
 from .guard import NonFiniteGuard
 from .lora import reference_off
 from .loss import SpanLoss
+from .metric_schema import no_update
 
-__all__ = ["NO_UPDATE", "Learner", "correction_weights"]
+__all__ = ["IS_MODES", "NO_UPDATE", "Learner", "correction_weights"]
 
 Tensor = torch.Tensor
-# The metrics of a step without an update (no group with a reward signal on any rank).
-NO_UPDATE = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "grad_norm": 0.0, "tokens": 0,
-             "span_tokens": 0, "rows": 0, "skipped_nonfinite": False, "updates": 0}  # fmt: skip
+# The metrics of a step without an update (no group with a reward signal on any rank): the schema's.
+NO_UPDATE = no_update()
+
+
+IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+_ALIASES = {"token_tis": "token_truncate", "sequence_mis": "sequence_mask"}  # the old names
 
 
 def correction_weights(
-    old: Tensor, sampler: Tensor, seq: Tensor, mode: str, cap: float
+    old: Tensor, sampler: Tensor, seq: Tensor, mode: str, clip_max: float | None = 3.0,
+    clip_min: float | None = None,
 ) -> tuple[Tensor | None, dict[str, float]]:
     """Importance weights [M] (None for mode "none") and their metrics, from the learner's old
-    log-probs, the sampler's, and each token's sequence id (all [M])."""
+    log-probs, the sampler's, and each token's sequence id (all [M]); TRL's modes:
+
+        token_*     ρ_t = e^(old_t − samp_t)              sequence_*  ρ_s = e^Σ_t∈s (old_t − samp_t)
+        *_truncate  w = clamp(ρ, clip_min, clip_max)     *_mask      w = 1[clip_min ≤ ρ ≤ clip_max]·ρ
+
+    (a None bound is no bound). The old names token_tis and sequence_mis are read as token_truncate
+    and sequence_mask with clip_min = 1/clip_max (its rule: sequences whose ratio leaves [1/c, c])."""
+    if mode == "sequence_mis" and clip_min is None and clip_max:
+        clip_min = 1.0 / clip_max
+    mode = _ALIASES.get(mode, mode)
+    if mode not in IS_MODES:
+        raise ValueError(f"is_correction must be one of {', '.join(IS_MODES)}, got {mode!r}")
     gap = (old - sampler).float()
     stats = {"sampler_gap_mean": float(gap.abs().mean()) if gap.numel() else 0.0,  # host-device sync
              "sampler_gap_max": float(gap.abs().max()) if gap.numel() else 0.0}  # fmt: skip
     if mode == "none":
         return None, stats
-    if mode == "token_tis":
-        ratio = torch.exp(gap)
-        stats["is_capped_frac"] = float((ratio > cap).float().mean()) if gap.numel() else 0.0
-        return ratio.clamp(max=cap), stats
-    if mode == "sequence_mis":
+    level, rule = mode.split("_")
+    inv = None
+    if level == "sequence":
         ids, inv = torch.unique(seq, return_inverse=True)
-        log_ratio = torch.zeros(ids.numel(), device=gap.device).index_add_(0, inv, gap)  # Σ_t per sequence
-        keep = (log_ratio.abs() <= torch.log(torch.tensor(cap))).float()  # ratio in [1/c, c]
-        stats["is_masked_seq_frac"] = float(1 - keep.mean()) if ids.numel() else 0.0
-        return keep[inv], stats
-    raise ValueError(f"is_correction must be none, token_tis or sequence_mis, got {mode!r}")
+        gap = torch.zeros(ids.numel(), device=gap.device).index_add_(0, inv, gap)  # Σ_t per sequence
+    ratio = torch.exp(gap)
+    lo = -math.inf if clip_min is None else clip_min
+    hi = math.inf if clip_max is None else clip_max
+    outside = (ratio < lo) | (ratio > hi)
+    n = max(ratio.numel(), 1)
+    if rule == "truncate":
+        w = torch.clamp(ratio, min=clip_min, max=clip_max)
+        stats["is_capped_frac"] = float(outside.sum()) / n  # of tokens or sequences
+    else:
+        w = ratio.masked_fill(outside, 0.0)
+        stats["is_masked_frac"] = float(outside.sum()) / n
+        if level == "sequence":
+            stats["is_masked_seq_frac"] = stats["is_masked_frac"]
+    stats["is_ratio_mean"] = float(w.mean()) if w.numel() else 0.0
+    return (w if inv is None else w[inv]), stats
 
 
 @dataclass
@@ -68,7 +95,11 @@ class Learner:
     """max global grad norm; 0 disables clipping."""
     num_iterations: int = 1
     is_correction: str = "none"
-    is_cap: float = 3.0
+    """TRL's vllm_importance_sampling_mode (see `correction_weights`); old names are aliases."""
+    is_cap: float | None = 3.0
+    """clip_max of the correction (the old name kept: TRL's vllm_importance_sampling_clip_max)."""
+    is_clip_min: float | None = None
+    """clip_min of the correction (TRL's vllm_importance_sampling_clip_min)."""
     ref_adapters_off: bool = False
     """LoRA: the reference is the policy itself with its adapters disabled (no second copy)."""
     dist: Dist = field(default_factory=Dist)
@@ -78,6 +109,26 @@ class Learner:
 
     def __post_init__(self) -> None:
         self.module = self.model if self.module is None else self.module
+
+    @classmethod
+    def from_config(cls, cfg: R3Config, model: torch.nn.Module, **parts) -> Learner:
+        """The learner of a run: its knobs from the config (μ, the sampler correction and its bounds,
+        grad clip, the LoRA reference); parts: ref_model, loss, optimizer, guard, device, dist, module."""
+        lc = cfg.loss
+        return cls(
+            model=model,
+            grad_clip=cfg.optim.grad_clip,
+            num_iterations=lc.num_iterations,
+            is_correction=lc.is_correction,
+            is_cap=lc.is_clip_max,
+            is_clip_min=lc.is_clip_min,
+            ref_adapters_off=lc.beta > 0 and cfg.model.lora is not None,
+            **parts,
+        )
+
+    def peak_bytes_for(self, cfg: R3Config, token_id: int) -> int:
+        """`peak_bytes` of one full data.max_tokens row, with the configured optimiser's moments."""
+        return self.peak_bytes(cfg.data.max_tokens, token_id, eight_bit=cfg.optim.optimizer == "adamw8bit")
 
     def ref_logprobs(self, row: PackedBatch) -> Tensor | None:
         """[M] reference log-probs of the row's span tokens, or None when there is no KL term."""
@@ -166,7 +217,7 @@ class Learner:
         out, per_row = [], []
         for r, o in zip(rows, old, strict=True):
             w, stats = correction_weights(o, r.sampler_logp, r.seq_index[r.span_mask], self.is_correction,
-                                          self.is_cap)  # fmt: skip
+                                          self.is_cap, self.is_clip_min)  # fmt: skip
             out.append(w)
             per_row.append((int(r.span_mask.sum()), stats))
         total = max(1, sum(m for m, _ in per_row))

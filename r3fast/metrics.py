@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .metric_schema import check_keys
 
 __all__ = ["MetricsLogger", "peak_memory_mb", "read_metrics", "reporter_status", "strict_record"]
 
@@ -47,7 +48,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # one line naming the place, not a traceback
+        raise UserError(f"{path}: not UTF-8 (byte offset {e.start}); the metrics file is corrupt") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     out = []
     for j, (i, line) in enumerate(lines):
         try:
@@ -122,6 +128,7 @@ class MetricsLogger:
         return "metrics: " + ", ".join(parts)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        check_keys(metrics)  # every key is defined once, in r3fast.metric_schema
         record = strict_record({"step": step, **metrics})
         with self.path.open("a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")

@@ -17,7 +17,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import UserError
-from .model_names import EMBEDDED_MODELS, INSTALL_HINT, cache_dir, check_model_name, package_dir
+from .model_names import (
+    EMBEDDED_MODELS,
+    INSTALL_HINT,
+    cache_dir,
+    check_hub_reachable,
+    check_model_name,
+    package_dir,
+)
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -59,19 +66,32 @@ def _convert_embedded(name: str, dest: Path) -> None:
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     """Map an embedded model name to its local cache (converting on first use); pass others through."""
     name = str(name_or_path)
-    if check_model_name(name) == "embedded":
+    kind = check_model_name(name)
+    if kind == "embedded":
         dest = cache_dir() / "models" / name.lower()
         if not (dest / "config.json").is_file():
             _convert_embedded(name.lower(), dest)
         return str(dest)
+    if kind == "hub":
+        check_hub_reachable(name)  # offline machine: one line now, not a minute of retries
     return name  # a save_pretrained directory, or a hub id transformers resolves (or reports)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """ "auto" is CUDA when available, else CPU; anything else is passed to torch.device."""
+    """ "auto" is CUDA when available, else CPU; anything else must exist on this host (a one-line
+    `UserError` before any model loads, not a CUDA error after)."""
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device {name}: no CUDA device on this host; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device {name}: this host has {count} CUDA device(s), up to cuda:{count - 1}")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError(f"device {name}: MPS (Apple GPU) is not available on this host; use cpu or auto")
+    return device
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> PreTrainedTokenizerBase:

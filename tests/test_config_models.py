@@ -13,7 +13,7 @@ def test_yaml_and_toml_configs(tmp_path):
     y = tmp_path / "a.yaml"
     y.write_text("optim:\n  lr: 1.0e-5\nsampler:\n  group_size: 4\ntask:\n  options: {num_numbers: 2}\n")
     cfg = load_config(y)
-    assert cfg.optim.lr == 1e-5 and cfg.sampler.group_size == 4 and cfg.task.options == {"num_numbers": 2}
+    assert cfg.optim.lr == 1e-5 and cfg.rollout.group_size == 4 and cfg.task.options == {"num_numbers": 2}
     t = tmp_path / "a.toml"
     t.write_text('[loss]\nloss_type = "grpo"\nbeta = 0.0\n')
     assert load_config(t).loss.loss_type == "grpo"
@@ -50,3 +50,58 @@ def test_unknown_model_name_lists_what_is_accepted(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="smollm2-135m-instruct"):
         resolve_model_path("no-such-model")
     assert resolve_model_path("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+def test_the_fields_free_on_resume_come_from_the_field_metadata():
+    """The resume check reads each field's own metadata (no list of names elsewhere); the set is
+    the one the run-directory rules have always allowed."""
+    from r3fast.config import may_change_on_resume
+    from r3fast.rundir import MAY_CHANGE
+
+    trainer = ["steps", "output_dir", "save_every", "keep_checkpoints", "eval_every", "eval_every_n",
+               "max_nonfinite_steps", "report_to", "wandb_project", "progress", "tensorboard", "push_to_hub"]
+    sampler = ["max_batch_size", "gpu_memory_utilization", "sync_bucket_mb", "sleep_level", "max_model_len"]
+    want = {*(f"trainer.{n}" for n in trainer), *(f"sampler.{n}" for n in sampler),
+            "model.device", "loss.impl", "task.verify_timeout"}  # fmt: skip
+    assert MAY_CHANGE == may_change_on_resume() == want
+
+
+def test_old_field_names_still_work_with_a_note(tmp_path):
+    """Fields moved to their component's section (config.RENAMED): a config file, a flag and a saved
+    run with the old names read as the new ones, one note each; both names at once is an error."""
+    from r3fast.config import RENAMED
+    from r3fast.rundir import config_changes
+
+    assert RENAMED["sampler.group_size"] == "rollout.group_size"
+    y = tmp_path / "old.yaml"
+    y.write_text("sampler: {group_size: 4}\nloss: {mask_truncated_completions: true}\n")
+    cfg = load_config(y)
+    assert cfg.rollout.group_size == 4 and cfg.rollout.mask_truncated_completions is True
+    assert cfg.deprecations == [
+        "note: sampler.group_size is now rollout.group_size (the old name still works; rename it in "
+        "your config)",
+        "note: loss.mask_truncated_completions is now rollout.mask_truncated_completions (the old name "
+        "still works; rename it in your config)",
+    ]
+    assert "group_size" not in cfg.to_dict()["sampler"]
+    flagged = apply_overrides(R3Config(), ["--sampler.group_size", "6"])
+    assert flagged.rollout.group_size == 6 and len(flagged.deprecations) == 1
+    with pytest.raises(ValueError, match=r"sampler\.group_size must be in \[2, 512\]"):
+        apply_overrides(R3Config(), ["--sampler.group_size", "1"])  # named as written
+    with pytest.raises(ValueError, match="both given"):
+        R3Config.from_dict({"sampler": {"group_size": 4}, "rollout": {"group_size": 4}})
+    saved = R3Config().to_dict()
+    saved["sampler"]["group_size"] = saved["rollout"].pop("group_size")  # a run saved before the move
+    assert config_changes(saved, R3Config().to_dict()) == []
+    new = R3Config()
+    new.rollout.group_size = 4
+    assert config_changes(saved, new.to_dict()) == [("rollout.group_size", 8, 4)]
+
+
+def test_cli_prints_the_note_once_config_is_valid(tmp_path, capsys):
+    from r3fast import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--sampler.group_size", "1", "--trainer.output_dir", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert "note:" not in captured.out + captured.err and "sampler.group_size must be" in captured.err

@@ -138,3 +138,35 @@ def test_cli_eval_and_mine_on_smollm2(tmp_path, capsys):
 def test_cli_rejects_bad_overrides():
     with pytest.raises(SystemExit, match="unknown field"):
         cli.main(["train", "--preset", "countdown-demo", "--optim.nope", "1"])
+
+
+def test_cli_eval_run_reproduces_the_trained_evaluation(tmp_path, smol_tokenizer, capsys):
+    """`r3fast eval --run DIR` is the trainer's own evaluation of DIR/final: same examples, seed
+    streams, chunking, caps and prompts, so every text and count of eval_trained_*.json comes back."""
+    from r3fast import R3Trainer
+    from r3fast.config import apply_overrides
+    from tests.test_trainer import tiny_config
+
+    cfg = tiny_config(tmp_path, **{"trainer.steps": 1, "trainer.save_every": 0, "sampler.chunk_size": 3})
+    apply_overrides(cfg, ["--trainer.eval_temperatures", "[0.0, 0.9]", "--task.options", "{num_numbers: 2}"])
+    R3Trainer(cfg, model=tiny_llama(len(smol_tokenizer)), tokenizer=smol_tokenizer).train()
+    run = tmp_path / "run"
+    for label, flags in (("greedy", []), ("T0.9", ["--temperature", "0.9"])):
+        saved = json.loads((run / f"eval_trained_{label}.json").read_text())
+        out = tmp_path / f"again_{label}.json"
+        assert cli.main(["eval", "--run", str(run), *flags, "--out", str(out)]) == 0
+        again = json.loads(out.read_text())
+        assert again["records"] == saved["records"]
+        timeless = ({k: v for k, v in d["summary"].items() if k != "seconds"} for d in (again, saved))
+        assert next(timeless) == next(timeless)
+        assert "not the run's own evaluation" not in capsys.readouterr().out
+    assert cli.main(["eval", "--run", str(run), "--n", "2", "--out", str(tmp_path / "x.json")]) == 0
+    assert "not the run's own evaluation (changed: trainer.eval_n)" in capsys.readouterr().out
+    # --config: the same protocol under a config file (here the run's own, pointed at final/)
+    raw = json.loads((run / "config.json").read_text())
+    raw["model"]["name"] = str(run / "final")
+    (tmp_path / "run.yaml").write_text(json.dumps(raw))  # JSON is YAML
+    out = tmp_path / "from_config.json"
+    assert cli.main(["eval", "--config", str(tmp_path / "run.yaml"), "--out", str(out)]) == 0
+    saved = json.loads((run / "eval_trained_greedy.json").read_text())
+    assert json.loads(out.read_text())["records"] == saved["records"]

@@ -20,7 +20,7 @@ import torch
 from ..data.packing import PackedBatch
 from .attention import ATTN_NAME, MASK_BACKENDS, dense_packed_mask, flex_block_mask, select_backend
 
-__all__ = ["decoder_of", "forward_hidden"]
+__all__ = ["compute_dtype", "decoder_of", "forward_hidden"]
 
 
 def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -137,6 +137,16 @@ def _ours(
     return kw, backend
 
 
+def compute_dtype(param: torch.Tensor) -> torch.dtype:
+    """The dtype attention runs in: autocast's where it is on for the parameter's device (fp32 master
+    weights under bf16 autocast compute in bf16, so they get the half-precision varlen kernels), else
+    the parameter's own."""
+    dev = param.device.type
+    if torch.is_autocast_enabled(dev) and param.dtype == torch.float32:
+        return torch.get_autocast_dtype(dev)
+    return param.dtype
+
+
 def forward_hidden(
     model: torch.nn.Module, batch: PackedBatch, *, backend: str | None = None
 ) -> tuple[torch.Tensor, str]:
@@ -156,7 +166,7 @@ def forward_hidden(
             f"batch is on {batch.input_ids.device}, model on {param.device}; call batch.to(device)"
         )
     if impl == ATTN_NAME:
-        kw, name = _ours(batch, param.device, param.dtype, backend)
+        kw, name = _ours(batch, param.device, compute_dtype(param), backend)
     else:
         if backend is not None:
             raise ValueError(f"backend={backend!r} needs use_packed_attention(model) (model uses {impl!r})")

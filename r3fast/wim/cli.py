@@ -81,9 +81,12 @@ def _backend(args: argparse.Namespace) -> tuple[Any, Any]:
     from r3fast.models import load_model, load_tokenizer, resolve_device
 
     if args.sampler == "vllm":
-        from r3fast.sampling import VLLMSampler
+        from r3fast.config import R3Config
+        from r3fast.sampling import build_sampler
 
-        sampler = VLLMSampler(args.model, max_model_len=8192, cpu_threads=args.threads)
+        cfg = R3Config()
+        cfg.model.name, cfg.sampler.backend, cfg.sampler.max_model_len = args.model, "vllm", 8192
+        sampler = build_sampler(cfg, dtype="auto", cpu_threads=args.threads)  # the checkpoint's dtype
         return sampler, load_tokenizer(args.model)
     return load_model(args.model, device=resolve_device(args.device))
 
@@ -91,9 +94,9 @@ def _backend(args: argparse.Namespace) -> tuple[Any, Any]:
 def cmd_wim(args: argparse.Namespace) -> int:
     import torch
 
-    from r3fast.cli import _task_options
     from r3fast.errors import UserError
     from r3fast.tasks import get_task
+    from r3fast.validate import parse_task_options
     from r3fast.wim.config import WimConfig
     from r3fast.wim.evaluate import evaluate_wim, format_wim_table, summarize
 
@@ -105,7 +108,7 @@ def cmd_wim(args: argparse.Namespace) -> int:
         answer_tokens=args.answer_tokens,
         classify=not args.no_classify,
     )
-    raw = _task_options(args.task_options)
+    raw = parse_task_options(args.task_options)
     per_task = any(name in raw for name in args.task)  # {cwe: {...}, multihop: {...}} or one mapping
     try:  # a bad name or option fails here, before the model loads
         tasks = {
