@@ -38,6 +38,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from r3fast.kernels import span_loss_splitv as splitv  # noqa: E402
 from r3fast.kernels import span_loss_triton as k  # noqa: E402
+from r3fast.kernels import triton_common as common  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
@@ -100,12 +101,12 @@ def _launch(kind: str, dt: str, precision: str, need_dw: bool = True, transposed
 def configs(tuner, args, kwargs, arch: int) -> list[triton.Config]:
     """The configs the autotuner can pick for this launch on `arch` (its own prune, the target's limit)."""
     named = dict(zip(tuner.arg_names, args))
-    limit = k._smem_limit
-    k._smem_limit = lambda: SMEM[arch]
+    limit = common.smem_limit  # the prune looks it up in triton_common: the target's figure goes there
+    common.smem_limit = lambda: SMEM[arch]
     try:
         return tuner.early_config_prune(tuner.configs, named, **kwargs)
     finally:
-        k._smem_limit = limit
+        common.smem_limit = limit
 
 
 def source(tuner, args, kwargs, cfg: triton.Config, arch: int):
@@ -129,7 +130,7 @@ def compile_case(case: tuple) -> dict:
     tile = [*(cfg.kwargs[b] for b in ("BLOCK_M", "BLOCK_V", "BLOCK_K")), cfg.num_warps, cfg.num_stages]
     row = dict(kernel=kind, dtype=dt, precision=precision, compute_dw=need_dw, arch=arch,
                tile=tile,
-               estimate=k.smem_bytes(*tile[:3], cfg.num_stages, DTYPES[dt].itemsize, kind),
+               estimate=common.smem_bytes(*tile[:3], cfg.num_stages, DTYPES[dt].itemsize, kind),
                smem_limit=SMEM[arch], error=None)  # fmt: skip
     t0 = time.perf_counter()
     try:

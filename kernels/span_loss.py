@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 
 from .loss_terms import LOSS_TYPES, RATIO_LEVELS, ObjectiveParams, SpanLossOutput, reduce_span_loss
-from .span_loss_torch import SpanLogp, torch_span_logp
+from .span_logp_function import SpanLogp
+from .span_loss_torch import torch_span_logp
 
 Tensor = torch.Tensor
 LogpFn = Callable[[Tensor, Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
@@ -22,7 +23,7 @@ _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 _INTS = (torch.int64, torch.int32)
 
 
-IMPLS = ("auto", "triton", "triton_atomic", "triton_splitv", "torch")
+IMPLS = ("auto", "triton", "triton_atomic", "torch")  # one name per implementation
 
 
 def _logp_fn(impl: str, hidden: Tensor) -> LogpFn:
@@ -35,7 +36,7 @@ def _logp_fn(impl: str, hidden: Tensor) -> LogpFn:
         impl = "triton" if hidden.is_cuda else "torch"
     if impl == "torch":
         return torch_span_logp
-    if impl in ("triton", "triton_splitv", "triton_atomic"):
+    if impl in ("triton", "triton_atomic"):
         if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(f"impl={impl!r} needs CUDA tensors (or TRITON_INTERPRET=1 set before import)")
         from .span_loss_triton import atomic_backward, triton_forward  # imports triton: only when asked

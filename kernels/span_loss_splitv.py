@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .span_loss_triton import INTERPRET, _logit_tile, autotuned, dot_mode, grad_scale, m_bucket
+from .triton_common import INTERPRET, autotuned, dot_mode, grad_scale, logit_tile, m_bucket
 
 Tensor = torch.Tensor
 
@@ -53,7 +53,7 @@ def _span_dz_kernel(
     if SCALED:
         g = g * tl.load(scale_ptr)
 
-    acc = _logit_tile(
+    acc = logit_tile(
         h_ptr, w_ptr, rows, row_ok, offs_v, col_ok, stride_hn, stride_hh, stride_wv, stride_wh,
         H, BLOCK_M, BLOCK_V, BLOCK_K, FP32_DOT, PRECISION,
     )  # fmt: skip

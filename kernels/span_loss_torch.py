@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .span_logp_function import SpanLogp
+
 Tensor = torch.Tensor
 
 # Tile budget in fp32 elements: 2**22 = 16 MiB per [rows, block_v] logit tile; the forward and the
@@ -103,29 +105,6 @@ def chunked_backward(
     dh = torch.zeros_like(hidden)
     dh.index_copy_(0, idx, dh_m.to(hidden.dtype))
     return dh, None if dw is None else dw.to(weight.dtype)
-
-
-class SpanLogp(torch.autograd.Function):
-    """(fwd, bwd, hidden [N, H], weight [V, H], idx [M], targets [M], τ) -> (logp [M], entropy [M]) fp32.
-
-    One autograd wrapper for both implementations: `fwd` returns (logp, entropy, lse) and `bwd`
-    recomputes the logit blocks from lse to return (d hidden, d weight or None).
-    """
-
-    @staticmethod
-    def forward(ctx, fwd, bwd, hidden, weight, idx, targets, temperature):  # type: ignore[override]
-        logp, entropy, lse = fwd(hidden, weight, idx, targets, temperature)
-        ctx.save_for_backward(hidden, weight, idx, targets, lse)
-        ctx.bwd, ctx.temperature = bwd, temperature
-        ctx.mark_non_differentiable(entropy)
-        return logp, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp, _grad_entropy):  # type: ignore[override]
-        hidden, weight, idx, targets, lse = ctx.saved_tensors
-        need_dw = ctx.needs_input_grad[3]
-        dh, dw = ctx.bwd(grad_logp, hidden, weight, idx, targets, lse, ctx.temperature, need_dw)
-        return None, None, dh, dw, None, None, None
 
 
 def torch_span_logp(

@@ -43,7 +43,7 @@ def test_ci_triton_is_the_gpu_machines():
 
 
 def test_m_bucket_keeps_few_rows_apart_from_many():
-    from r3fast.kernels.span_loss_triton import m_bucket
+    from r3fast.kernels.triton_common import m_bucket
 
     buckets = [m_bucket(m) for m in range(1, 20000, 37)]
     assert m_bucket(1) == m_bucket(16) == 16 and m_bucket(17) == 64 and m_bucket(4096) == 4096

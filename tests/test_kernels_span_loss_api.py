@@ -19,7 +19,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled Triton on CU
 IMPLS = ["torch", "triton", "triton_atomic"]
 
 
-
 def problem(n=40, h=16, v=97, dtype=torch.float32, device=DEVICE):
     mask = torch.rand(n, device=device) < 0.5
     mask[:2] = True
@@ -109,6 +108,7 @@ BAD_INPUTS = [
     (lambda p: _bad(p, loss_type="grpo"), ValueError, "seq_ids"),
     (lambda p: _bad(p, loss_type="ppo"), ValueError, "loss_type"),
     (lambda p: _bad(p, impl="cuda"), ValueError, "impl"),
+    (lambda p: _bad(p, impl="triton_splitv"), ValueError, "impl"),  # one name per impl: "triton"
     (lambda p: _bad(p, temperature=0.0), ValueError, "temperature"),
     (lambda p: _bad(p, num_items=0), ValueError, "num_items"),
     (lambda p: _bad(p, eps_low=-0.1), ValueError, "eps_low"),
@@ -308,8 +308,9 @@ def test_autotune_prunes_by_operand_width_and_shared_memory(monkeypatch, dtype, 
     """A launch tunes only the tiles listed for its operand width that fit the GPU's shared memory
     (and the smallest one when none fits): no config is compiled only to be dropped."""
     import r3fast.kernels.span_loss_triton as k
+    import r3fast.kernels.triton_common as tc  # the prune looks smem_limit up here
 
-    tuner = k.autotuned(k._span_bwd_kernel, k.BWD_TILES, key=["V", "H"])
+    tuner = tc.autotuned(k._span_bwd_kernel, k.BWD_TILES, key=["V", "H"])
     args = {"h_ptr": torch.zeros(2, 2, dtype=dtype)}
     tile = lambda c: (
         c.kwargs["BLOCK_M"],
@@ -318,14 +319,14 @@ def test_autotune_prunes_by_operand_width_and_shared_memory(monkeypatch, dtype, 
         c.num_warps,
         c.num_stages,
     )
-    monkeypatch.setattr(k, "_smem_limit", lambda: 227 * 1024)
+    monkeypatch.setattr(tc, "smem_limit", lambda: 227 * 1024)
     assert [tile(c) for c in tuner.early_config_prune(tuner.configs, args)] == k.BWD_TILES[bits]
     elem = torch.finfo(dtype).bits // 8
-    need = sorted(k.smem_bytes(bm, bv, bk, s, elem) for bm, bv, bk, _, s in k.BWD_TILES[bits])
-    monkeypatch.setattr(k, "_smem_limit", lambda: need[0])  # only the smallest tile fits
+    need = sorted(tc.smem_bytes(bm, bv, bk, s, elem) for bm, bv, bk, _, s in k.BWD_TILES[bits])
+    monkeypatch.setattr(tc, "smem_limit", lambda: need[0])  # only the smallest tile fits
     kept = [tile(c) for c in tuner.early_config_prune(tuner.configs, args)]
     assert len(kept) == sum(n <= need[0] for n in need) and all(
-        k.smem_bytes(bm, bv, bk, s, elem) <= need[0] for bm, bv, bk, _, s in kept
+        tc.smem_bytes(bm, bv, bk, s, elem) <= need[0] for bm, bv, bk, _, s in kept
     )
-    monkeypatch.setattr(k, "_smem_limit", lambda: 1024)  # nothing fits: the smallest, not an empty list
+    monkeypatch.setattr(tc, "smem_limit", lambda: 1024)  # nothing fits: the smallest, not an empty list
     assert len(tuner.early_config_prune(tuner.configs, args)) == 1
