@@ -123,7 +123,7 @@ def main() -> None:
     )  # fmt: skip
     a.md.parent.mkdir(parents=True, exist_ok=True)
     a.md.write_text(
-        f"{text}\n\nRuns:\n\n{notes}\n\nHeld-out curve (1st / 2nd try, trainer.eval_every):\n\n{curves}\n"
+        f"{text}\n\nRuns:\n\n{notes}\n\nHeld-out curve (1st / 2nd try, eval.every):\n\n{curves}\n"
     )
     a.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "config"} | {"config": r["config"]}
                                   for r in rows], indent=1))  # fmt: skip

@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     flags = dict(resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     task = check_train(cfg, **flags)  # everything checkable before torch is imported
     if os.environ.get("RANK", "0") == "0":
-        if cfg.trainer.progress:  # before any library speaks
+        if cfg.metrics.progress:  # before any library speaks
             from .logging_setup import run_header
 
             m, s = cfg.model, cfg.sampler

@@ -62,7 +62,7 @@ _FLAG_FIELDS = {
     "sampler": "sampler.backend",
     "max_answer_tokens": "sampler.max_answer_tokens",
     "max_reflection_tokens": "sampler.max_reflection_tokens",
-    "n": "trainer.eval_n",
+    "n": "eval.n",
 }
 
 
@@ -165,20 +165,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import decoding_label, evaluate_as_trained, format_eval_table
     from .logging_setup import run_header
 
-    m, t = cfg.model, cfg.trainer
-    temperature = t.eval_temperatures[0] if args.temperature is None else args.temperature
+    m, e = cfg.model, cfg.eval
+    temperature = e.temperatures[0] if args.temperature is None else args.temperature
     print(run_header("eval", model=m.name, task=cfg.task.name, sampler=cfg.sampler.backend, device=m.device))
     print_deprecations(cfg)
-    if args.run and (changed or args.split != "eval" or temperature not in t.eval_temperatures):
+    if args.run and (changed or args.split != "eval" or temperature not in e.temperatures):
         differ = [*changed, *(["--split"] if args.split != "eval" else [])]
-        differ += [] if temperature in t.eval_temperatures else [f"temperature {temperature:g}"]
+        differ += [] if temperature in e.temperatures else [f"temperature {temperature:g}"]
         print(f"note: not the run's own evaluation (changed: {', '.join(differ)})")
     tok, sampler = _sampler_for(cfg)
     res = evaluate_as_trained(
         cfg, sampler, tok, task, temperature=temperature, split=args.split, progress=True
     )
     print(f"task={cfg.task.name} model={m.name} split={args.split} decoding={decoding_label(temperature)} "
-          f"(the trainer's protocol: seed {t.seed}, chunks of {cfg.sampler.chunk_size})")  # fmt: skip
+          f"(the trainer's protocol: seed {cfg.trainer.seed}, chunks {cfg.sampler.chunk_size})")  # fmt: skip
     print(format_eval_table({"model": res}))
     if args.out:
         from .atomic import write_text_atomic
@@ -243,7 +243,7 @@ def add_eval_mine_parsers(sub) -> None:
         "--temperature",
         type=_nonneg_float,
         default=None,
-        help="0: greedy (default trainer.eval_temperatures[0])",
+        help="0: greedy (default eval.temperatures[0])",
     )
     p.add_argument("--max-reflection-tokens", type=_count(1), default=None,
                    help="default sampler.max_reflection_tokens")  # fmt: skip

@@ -9,6 +9,7 @@ its new one for config files, flags and saved runs.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any, ClassVar
 
@@ -48,6 +49,21 @@ class _Section:
 RENAMED = {
     "sampler.group_size": "rollout.group_size",
     "loss.mask_truncated_completions": "rollout.mask_truncated_completions",
+    "loss.num_iterations": "learner.num_iterations",
+    "loss.is_correction": "learner.is_correction",
+    "loss.is_clip_min": "learner.is_clip_min",
+    "loss.is_clip_max": "learner.is_clip_max",
+    "optim.grad_clip": "learner.grad_clip",
+    "trainer.save_every": "checkpoint.every",
+    "trainer.keep_checkpoints": "checkpoint.keep",
+    "trainer.eval_n": "eval.n",
+    "trainer.eval_temperatures": "eval.temperatures",
+    "trainer.eval_every": "eval.every",
+    "trainer.eval_every_n": "eval.every_n",
+    "trainer.report_to": "metrics.report_to",
+    "trainer.wandb_project": "metrics.wandb_project",
+    "trainer.progress": "metrics.progress",
+    "trainer.tensorboard": "metrics.tensorboard",
 }
 
 
@@ -79,8 +95,8 @@ def upgrade(raw: dict) -> tuple[dict, dict[str, str]]:
 def as_written(e: ConfigError, used: dict[str, str]) -> ConfigError:
     """The error naming the field as the user wrote it (an old name stays the old name)."""
     text = str(e)
-    for old, new in used.items():
-        text = text.replace(new, old)
+    for old, new in used.items():  # whole names only: eval.every is not a part of eval.every_n
+        text = re.sub(rf"(?<![\w.]){re.escape(new)}(?!\w)", old, text)
     return ConfigError(text)
 
 

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from .config_base import FREE_ON_RESUME, _Section
 from .errors import ConfigError
 
-__all__ = ["IS_ALIASES", "RATIO_LEVELS", "LossConfig"]
+__all__ = ["RATIO_LEVELS", "LossConfig"]
 
 # Which importance-ratio levels each loss type accepts: TRL 1.16 warns on the others (luspo wants the
 # sequence level, vespo builds its own sequence weight from token ratios, and a sequence ratio under a
@@ -17,8 +17,6 @@ __all__ = ["IS_ALIASES", "RATIO_LEVELS", "LossConfig"]
 RATIO_LEVELS = {"grpo": ("token", "sequence"), "bnpo": ("token",), "dr_grpo": ("token",),
                 "dapo": ("token",), "cispo": ("token",), "sapo": ("token", "sequence"),
                 "luspo": ("sequence",), "vespo": ("token",)}  # fmt: skip
-# Old names of the sampler-correction modes, kept as aliases (read as the TRL mode they were).
-IS_ALIASES = {"token_tis": "token_truncate", "sequence_mis": "sequence_mask"}
 
 
 @dataclass(kw_only=True)
@@ -56,32 +54,19 @@ class LossConfig(_Section):
     bias_correction_kl: bool = False
     """TRL's use_bias_correction_kl (TRL's default: true): the KL term times the importance ratio.
     Same value at ratio 1, but the gradient gains kl·∇logp; false is the plain k3 gradient."""
-    impl: Literal["auto", "triton", "triton_atomic", "triton_splitv", "torch"] = field(
+    impl: Literal["auto", "triton", "triton_atomic", "torch", "triton_splitv"] = field(
         default="auto", metadata=FREE_ON_RESUME
     )
     """Span-loss implementation: auto (triton on CUDA, else torch); triton = Triton forward + split-V
-    backward (deterministic); triton_atomic = the tiled backward with fp32 atomics; torch = chunked."""
-
-    num_iterations: int = 1
-    """μ (TRL's name): optimiser steps per rollout batch. μ > 1 reuses the batch; the learner's own
-    log-probs before the first update are the "old" policy, so ratio and clip act."""
-    is_correction: Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask",
-                           "token_tis", "sequence_mis"] = "none"  # fmt: skip
-    """Sampler/learner mismatch correction (TRL's vllm_importance_sampling_mode), on ρ = π_old/π_sampler
-    per token (token_*) or its product over the reflection (sequence_*): *_truncate weights the
-    policy term by clamp(ρ, is_clip_min, is_clip_max), *_mask by 1[ρ in [is_clip_min, is_clip_max]].
-    Old names (aliases): token_tis = token_truncate; sequence_mis = sequence_mask with is_clip_min
-    defaulting to 1/is_clip_max (now TRL's weight ρ inside the band, where it used to be 1)."""
-    is_clip_min: float | None = None
-    """TRL's vllm_importance_sampling_clip_min: lower bound of ρ; null: none."""
-    is_clip_max: float | None = 3.0
-    """TRL's vllm_importance_sampling_clip_max (default 3; formerly is_cap): upper bound of ρ; null: none."""
+    backward (deterministic); triton_atomic = the tiled backward with fp32 atomics; torch = chunked.
+    triton_splitv is the old name of triton (read as triton)."""
 
     def _check(self) -> None:
+        if self.impl == "triton_splitv":  # the old name of the default Triton path
+            self.impl = "triton"
         self._need("beta", self.beta >= 0, ">= 0")
         self._need("eps_low", 0 <= self.eps_low < 1, "in [0, 1)")
         self._need("eps_high", self.eps_high >= 0, ">= 0")
-        self._need("num_iterations", self.num_iterations >= 1, ">= 1")
         self._need("delta", self.delta is None or self.delta > 0, "> 0 or null")
         for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
             self._need(name, getattr(self, name) > 0, "> 0")
@@ -91,18 +76,3 @@ class LossConfig(_Section):
                 f"loss.importance_sampling_level={self.importance_sampling_level!r} is refused with "
                 f"loss_type={self.loss_type!r}, which takes {' or '.join(levels)}"
             )
-        self._normalise_is()
-        if self.loss_type == "vespo" and self.is_correction.startswith("sequence"):
-            raise ConfigError(f"loss.is_correction={self.is_correction!r}: vespo takes only token_truncate "
-                              "or token_mask (its weight folds in per-token ratios, as in TRL)")  # fmt: skip
-
-    def _normalise_is(self) -> None:
-        """Aliases to TRL's names (idempotent: a saved config reloads to itself), then the bounds."""
-        if self.is_correction == "sequence_mis" and self.is_clip_min is None and self.is_clip_max:
-            self.is_clip_min = 1.0 / self.is_clip_max  # the old rule: ratio in [1/c, c]
-        self.is_correction = IS_ALIASES.get(self.is_correction, self.is_correction)
-        lo, hi = self.is_clip_min, self.is_clip_max
-        self._need("is_clip_min", lo is None or lo >= 0, ">= 0 or null")
-        self._need("is_clip_max", hi is None or hi > 0, "> 0 or null")
-        if lo is not None and hi is not None and lo > hi:
-            raise ConfigError(f"loss.is_clip_min {lo} must be <= loss.is_clip_max {hi}")

@@ -16,6 +16,7 @@ directory. Without torchrun's environment everything here is a no-op (world size
 
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,12 +26,9 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
-from .model import decoder_of
-from .model.lm import DecoderOnly, unwrap
+from .model.lm import DecoderOnly, decoder_of, is_fsdp2
 
-# DecoderOnly / unwrap belong to r3fast.model.lm; the names stay importable from here for callers
-# that have not moved yet (r3fast/model/forward.py imports unwrap from here, lazily).
-__all__ = ["DecoderOnly", "Dist", "unwrap"]
+__all__ = ["Dist"]
 
 
 @dataclass(frozen=True)
@@ -108,10 +106,13 @@ class Dist:
             dist.barrier()
 
     def close(self) -> None:
+        """Tear the group down while the interpreter is fully alive. Drop every DDP / FSDP2 wrapper
+        first: they hold the group, and a group (with its gloo worker threads and their pending
+        work) freed only at interpreter exit aborts the process (SIGABRT, "terminate called without
+        an active exception"; seen on CPU under load)."""
         if self.enabled and dist.is_initialized():
-            # every rank's outstanding async work (FSDP2/DDP collectives) done before teardown: gloo
-            # threads still holding work at interpreter exit abort the process (SIGABRT, seen on CPU)
-            dist.barrier()
+            dist.barrier()  # every rank's outstanding collectives done
+            gc.collect()  # wrappers in reference cycles (module hooks) go now, not at exit
             dist.destroy_process_group()
 
     # ---- the learner's wrapper ------------------------------------------------------------------
@@ -140,11 +141,11 @@ class Dist:
         """DDP: sync gradients on the last micro-batch of a step only. FSDP2: reduce-scatter on the
         last only (set_requires_gradient_sync)."""
         if not self.enabled or last:
-            if hasattr(module, "set_requires_gradient_sync"):
+            if is_fsdp2(module):
                 module.set_requires_gradient_sync(True)
             return nullcontext()
         if isinstance(module, torch.nn.parallel.DistributedDataParallel):
             return module.no_sync()
-        if hasattr(module, "set_requires_gradient_sync"):
+        if is_fsdp2(module):
             module.set_requires_gradient_sync(False)
         return nullcontext()

@@ -128,12 +128,12 @@ def evaluate_as_trained(
     progress: bool | None = None,
 ) -> EvalResult:
     """The run's evaluation protocol, the one `R3Trainer` and `r3fast eval` share: the first n
-    (default trainer.eval_n) examples of `split` drawn with trainer.seed, answers and reflections
+    (default eval.n) examples of `split` drawn with trainer.seed, answers and reflections
     seeded from their own `seed_for` streams, the sampler section's caps, top_p and chunk size, the
     task's reflection prompt; temperature: default the headline decoding (0 is greedy)."""
-    t, s = cfg.trainer, cfg.sampler
-    n = t.eval_n if n is None else n
-    temperature = t.eval_temperatures[0] if temperature is None else temperature
+    t, s, e = cfg.trainer, cfg.sampler, cfg.eval
+    n = e.n if n is None else n
+    temperature = e.temperatures[0] if temperature is None else temperature
     return evaluate(
         sampler,
         tokenizer,
@@ -144,7 +144,7 @@ def evaluate_as_trained(
         reflection_params=sampling_params(s, reflection=True, seed=seed_for(t.seed, "eval-reflect"),
                                           temperature=temperature),
         chunk_size=s.chunk_size,
-        progress=t.progress if progress is None else progress,
+        progress=cfg.metrics.progress if progress is None else progress,
         reflect_prompt=cfg.task.reflect_prompt,
     )  # fmt: skip
 

@@ -44,7 +44,7 @@ class NonFiniteGuard:
             raise NonFiniteError(
                 f"stopped at step {step}: loss or grad norm non-finite for {self.streak} consecutive steps "
                 f"(trainer.max_nonfinite_steps={self.limit}); the weights are those of the last finite "
-                f"update; {self.kept()}. Lower optim.lr or set optim.grad_clip"
+                f"update; {self.kept()}. Lower optim.lr or set learner.grad_clip"
             )
 
     def check_weights(self, model: torch.nn.Module, what: str) -> None:

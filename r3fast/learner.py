@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import R3Config
+from .config_learner import IS_ALIASES, IS_MODES
 from .data import PackedBatch, StepPlan, TrainSequence, pack_sequences, plan_step
 from .distributed import Dist
 from .guard import NonFiniteGuard
 from .lora import reference_off
 from .loss import SpanLoss
 from .metric_schema import no_update
+from .model import is_fsdp2
 
 __all__ = ["IS_MODES", "NO_UPDATE", "Learner", "correction_weights"]
 
@@ -33,8 +35,6 @@ Tensor = torch.Tensor
 NO_UPDATE = no_update()
 
 
-IS_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
-_ALIASES = {"token_tis": "token_truncate", "sequence_mis": "sequence_mask"}  # the old names
 
 
 def correction_weights(
@@ -51,7 +51,7 @@ def correction_weights(
     and sequence_mask with clip_min = 1/clip_max (its rule: sequences whose ratio leaves [1/c, c])."""
     if mode == "sequence_mis" and clip_min is None and clip_max:
         clip_min = 1.0 / clip_max
-    mode = _ALIASES.get(mode, mode)
+    mode = IS_ALIASES.get(mode, mode)
     if mode not in IS_MODES:
         raise ValueError(f"is_correction must be one of {', '.join(IS_MODES)}, got {mode!r}")
     gap = (old - sampler).float()
@@ -114,15 +114,15 @@ class Learner:
     def from_config(cls, cfg: R3Config, model: torch.nn.Module, **parts) -> Learner:
         """The learner of a run: its knobs from the config (μ, the sampler correction and its bounds,
         grad clip, the LoRA reference); parts: ref_model, loss, optimizer, guard, device, dist, module."""
-        lc = cfg.loss
+        lc = cfg.learner
         return cls(
             model=model,
-            grad_clip=cfg.optim.grad_clip,
+            grad_clip=lc.grad_clip,
             num_iterations=lc.num_iterations,
             is_correction=lc.is_correction,
             is_cap=lc.is_clip_max,
             is_clip_min=lc.is_clip_min,
-            ref_adapters_off=lc.beta > 0 and cfg.model.lora is not None,
+            ref_adapters_off=cfg.loss.beta > 0 and cfg.model.lora is not None,
             **parts,
         )
 
@@ -180,7 +180,7 @@ class Learner:
         all-reduce); FSDP2 all-gathers in every forward, so every rank runs as many rows as the most."""
         if not self.dist.enabled:
             return 0
-        if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
+        if is_fsdp2(self.module):
             (most,) = self.dist.max([n], self.device)
             return int(most) - n
         return 1 if n == 0 else 0
@@ -213,7 +213,7 @@ class Learner:
         if self.is_correction == "none" and (old[0] is None or no_sampler):
             return [None] * len(rows), {}  # nothing to correct, nothing to compare
         if no_sampler:
-            raise ValueError("loss.is_correction needs the sampler's log-probs on every sequence")
+            raise ValueError("learner.is_correction needs the sampler's log-probs on every sequence")
         out, per_row = [], []
         for r, o in zip(rows, old, strict=True):
             w, stats = correction_weights(o, r.sampler_logp, r.seq_index[r.span_mask], self.is_correction,

@@ -3,6 +3,7 @@ weight, and the fused kernel (Triton on CUDA, chunked torch elsewhere)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from .data import PackedBatch, StepPlan
 from .errors import UserError
 from .kernels import LOSS_TYPES, ObjectiveParams, span_grpo_loss, span_logprobs
 from .lora import head_weight
-from .model import forward_hidden, unwrap
+from .model import forward_hidden, full_weight, unwrap
 
 __all__ = ["SpanLoss", "check_impl_device", "check_supported", "lm_head_weight"]
 
@@ -76,22 +77,16 @@ class SpanLoss:
         device = batch.input_ids.device.type
         with torch.autocast(device, dtype=self.compute_dtype, enabled=mixed):
             hidden, backend = forward_hidden(model, batch)
-        weight = lm_head_weight(unwrap(model))
-        if hasattr(weight, "full_tensor"):  # FSDP2: the sharded head, gathered (its grad reduce-scatters)
-            weight = weight.full_tensor()
+        weight = full_weight(lm_head_weight(unwrap(model)))  # FSDP2: the sharded head, gathered
         if mixed:
             hidden, weight = hidden.to(self.compute_dtype), weight.to(self.compute_dtype)
         return hidden, weight, backend
 
     def objective_params(self) -> ObjectiveParams:
         """The loss type's knobs from the config (eps_low/eps_high are passed on their own)."""
-        c = self.cfg
-        return ObjectiveParams(
-            eps_low=c.eps_low, eps_high=c.eps_high, delta=c.delta,
-            sapo_temperature_pos=c.sapo_temperature_pos, sapo_temperature_neg=c.sapo_temperature_neg,
-            vespo_k_pos=c.vespo_k_pos, vespo_lambda_pos=c.vespo_lambda_pos,
-            vespo_k_neg=c.vespo_k_neg, vespo_lambda_neg=c.vespo_lambda_neg,
-        )  # fmt: skip
+        # the [loss] section names every knob as the kernel's record does (pinned by a test)
+        knobs = [f.name for f in dataclasses.fields(ObjectiveParams)]
+        return ObjectiveParams(**{name: getattr(self.cfg, name) for name in knobs})
 
     def num_items(self, plan: StepPlan) -> float | None:
         """The whole optimiser step's denominator, so micro-batch losses add up to the step loss."""

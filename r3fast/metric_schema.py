@@ -96,9 +96,9 @@ _TABLE = (
     Metric("tokens_per_s", "tokens / learner_s", "tokens/s", "loop", "rank0", "per step", report=True),
     Metric("peak_memory_mb", "peak CUDA memory reserved (0 on CPU)", "MiB", "loop", "rank0", "per step"),
     Metric("updated", "the weights changed this step", "bool", "loop", "rank0", "per step"),
-    Metric("eval_first_try", "held-out 1st-try accuracy (trainer.eval_every)", "fraction", "eval",
+    Metric("eval_first_try", "held-out 1st-try accuracy (eval.every)", "fraction", "eval",
            "rank0", "the fixed periodic set"),
-    Metric("eval_second_try", "held-out accuracy after one reflection (trainer.eval_every)", "fraction",
+    Metric("eval_second_try", "held-out accuracy after one reflection (eval.every)", "fraction",
            "eval", "rank0", "the fixed periodic set"),
 )  # fmt: skip
 METRICS: dict[str, Metric] = {m.key: m for m in _TABLE}

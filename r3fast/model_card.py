@@ -85,8 +85,8 @@ def model_card(
             "",
             effect_table(effects),
         ]
-    elif config["trainer"]["eval_n"] <= 0:
-        lines.append("Not measured (trainer.eval_n = 0).")
+    elif config["eval"]["n"] <= 0:
+        lines.append("Not measured (eval.n = 0).")
     else:
         lines.append("Not measured yet: the trained model is evaluated after the last step (see `final/`).")
     lines += [

@@ -25,6 +25,7 @@ from .model_names import (
     check_model_name,
     package_dir,
 )
+from .validate import refuse_4bit_on
 
 __all__ = [
     "EMBEDDED_MODELS",
@@ -117,8 +118,7 @@ def load_model(
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     kw: dict = {"dtype": dtype}
     if load_in_4bit:
-        if torch.device(device).type != "cuda":
-            raise UserError("model.load_in_4bit needs a CUDA device (bitsandbytes 4-bit)")
+        refuse_4bit_on(torch.device(device).type)
         from transformers import BitsAndBytesConfig
 
         cd = getattr(torch, compute_dtype) if isinstance(compute_dtype, str) else compute_dtype

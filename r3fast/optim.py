@@ -8,7 +8,7 @@ import torch
 
 from .config import OptimConfig
 
-__all__ = ["LRSchedule", "build_optimizer", "build_scheduler"]
+__all__ = ["LRSchedule", "apply_optim_changes", "build_optimizer", "build_scheduler"]
 
 
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -69,3 +69,13 @@ class LRSchedule:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRSchedule:
     return LRSchedule(optimizer, cfg, total_steps)
+
+
+def apply_optim_changes(optimizer: torch.optim.Optimizer, scheduler: LRSchedule, cfg: OptimConfig) -> None:
+    """A checkpoint restores the saved lr peak, betas and weight decay; an allowed change of any of
+    them on resume (`allow_config_change`) must win over the saved values, not be ignored."""
+    for group in optimizer.param_groups:
+        group["betas"], group["weight_decay"] = tuple(cfg.betas), cfg.weight_decay
+    sched = scheduler.state_dict()
+    sched["peak"] = [cfg.lr] * len(sched["peak"])
+    scheduler.load_state_dict(sched)

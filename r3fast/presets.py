@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .config import (
+    CheckpointConfig,
     DataConfig,
+    EvalConfig,
+    LearnerConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
@@ -47,18 +50,13 @@ def countdown_demo() -> R3Config:
         ),  # fmt: skip
         rollout=RolloutConfig(group_size=8),
         loss=LossConfig(loss_type="dapo", beta=0.001),
-        optim=OptimConfig(lr=2e-5, warmup_steps=2, grad_clip=1.0),
+        learner=LearnerConfig(grad_clip=1.0),
+        optim=OptimConfig(lr=2e-5, warmup_steps=2),
         # Shared-prefix rows: the learner sees each group's ~100-token prefix once, not 8 times.
         data=DataConfig(online=True, failures_per_step=8, mine_tries=2, max_tokens=4096, shared_prefix=True),
-        trainer=TrainerConfig(
-            steps=16,
-            output_dir="runs/countdown-demo",
-            save_every=8,
-            eval_n=400,
-            eval_temperatures=[0.9, 0.0],
-            eval_every=4,
-            eval_every_n=32,
-        ),  # fmt: skip
+        checkpoint=CheckpointConfig(every=8),
+        eval=EvalConfig(n=400, temperatures=[0.9, 0.0], every=4, every_n=32),
+        trainer=TrainerConfig(steps=16, output_dir="runs/countdown-demo"),
     )
 
 
@@ -83,7 +81,9 @@ def countdown_paper() -> R3Config:
         loss=LossConfig(loss_type="dapo", beta=0.001),
         optim=OptimConfig(lr=1e-6, warmup_steps=10, schedule="cosine"),
         data=DataConfig(failures="failures/countdown-paper.jsonl", failures_per_step=32, max_tokens=16384),
-        trainer=TrainerConfig(steps=500, output_dir="runs/countdown-paper", save_every=50, eval_n=1000),
+        checkpoint=CheckpointConfig(every=50),
+        eval=EvalConfig(n=1000),
+        trainer=TrainerConfig(steps=500, output_dir="runs/countdown-paper"),
     )
 
 
@@ -95,7 +95,7 @@ def function_calling_paper() -> R3Config:
     cfg.task = TaskConfig(name="function_calling")
     cfg.data.failures = "failures/function-calling-paper.jsonl"
     cfg.trainer.output_dir = "runs/function-calling-paper"
-    cfg.trainer.eval_n = 400
+    cfg.eval.n = 400
     return cfg
 
 

@@ -15,7 +15,7 @@ PLOTS = {
     "retry_success.png": ("retry_success", "retries right after a reflection (fraction)"),
     "groups_with_signal.png": ("frac_groups_with_signal", "fraction of groups with a reward signal"),
     "reflection_length.png": ("reflection_len_mean", "reflection length (tokens)"),
-    "eval.png": (("eval_first_try", "eval_second_try"), "held-out accuracy (trainer.eval_every)"),
+    "eval.png": (("eval_first_try", "eval_second_try"), "held-out accuracy (eval.every)"),
 }
 
 

@@ -23,26 +23,25 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import R3Config
 from .data import pack_step
 from .distributed import Dist
-from .effect import effect, effect_table, write_effect
 from .errors import UserError
-from .evaluate import EvalResult, decoding_label, evaluate_as_trained, format_eval_table
+from .evaluate import EvalResult, decoding_label, evaluate_as_trained
 from .failures import FailureSource
+from .finish import run_artefacts, write_run_outputs
 from .guard import NonFiniteGuard
 from .learner import Learner
-from .logging_setup import LOG_FILE, log_to_file
+from .logging_setup import log_to_file
 from .lora import is_lora, save_merged
 from .loss import SpanLoss, check_impl_device
 from .manifest import claim
 from .metric_schema import reduce_over_ranks
-from .metrics import MetricsLogger, peak_memory_mb, read_metrics
+from .metrics import MetricsLogger, peak_memory_mb
 from .model_card import model_card, write_model_card
 from .models import resolve_device
-from .optim import build_optimizer, build_scheduler
+from .optim import apply_optim_changes, build_optimizer, build_scheduler
 from .policy import build_policy, build_reference
 from .progress import progress_bar, quiet_library_bars
-from .report import PLOTS, write_report
 from .rollout import rollout, to_sequences
-from .rundir import ARTEFACTS, check_resume_config, check_run_dir, prepare_run_dir
+from .rundir import check_resume_config, check_run_dir, prepare_run_dir
 from .runlock import lock_run_dir
 from .sampling import SamplingParams, build_sampler, needs_learner_bytes, sampling_params
 from .seeds import seed_for
@@ -121,7 +120,8 @@ class R3Trainer:
             return changes, None, []
         lock = lock_run_dir(self.run_dir)
         notes = prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
-        claim(self.run_dir, self._artefact_names())  # before any is written: --overwrite may remove them
+        # before any is written: --overwrite may remove them
+        claim(self.run_dir, run_artefacts(self.cfg.eval.temperatures))
         log_to_file(self.run_dir)  # vLLM's full log (the screen shows only its warnings)
         return changes, lock, notes
 
@@ -134,24 +134,16 @@ class R3Trainer:
         state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.source.load_state_dict(self._own_source_state(state))
         self.guard.load_state_dict(state.get("guard", {}))
-        self._apply_optim_changes()
+        if any(k.startswith("optim.") for k, _, _ in self.config_changes):
+            apply_optim_changes(self.optimizer, self.scheduler, self.cfg.optim)
         self.sampler.sync_weights(self.model)
         return state["step"], True
 
     def _build_logger(self, restored: bool) -> MetricsLogger:
-        t = self.cfg.trainer
+        mc = self.cfg.metrics
         return MetricsLogger(self.run_dir, resume_step=self.step if restored else None,
-                             report_to=t.reporters, wandb_project=t.wandb_project,
+                             report_to=mc.reporters, wandb_project=mc.wandb_project,
                              config=self.cfg.to_dict())  # fmt: skip
-
-    def _artefact_names(self) -> list[str]:
-        """Every top-level name this run may write, for the run directory's manifest."""
-        evals = [
-            f"eval_{who}_{decoding_label(t).replace('=', '')}.json"
-            for who in ("vanilla", "trained")
-            for t in self.cfg.trainer.eval_temperatures
-        ]
-        return [*ARTEFACTS, *evals, *PLOTS, "learning_curves.png", LOG_FILE]
 
     def _kept(self) -> str:
         """For the NaN guard's message: what is on disk, after checking it."""
@@ -176,18 +168,6 @@ class R3Trainer:
             )
         return sources[self.dist.rank]
 
-    def _apply_optim_changes(self) -> None:
-        """The checkpoint restores the saved lr peak, betas and weight decay; an allowed change of
-        any of them (`allow_config_change`) must win over the saved values, not be ignored."""
-        if not any(k.startswith("optim.") for k, _, _ in self.config_changes):
-            return
-        o = self.cfg.optim
-        for group in self.optimizer.param_groups:
-            group["betas"], group["weight_decay"] = tuple(o.betas), o.weight_decay
-        sched = self.scheduler.state_dict()
-        sched["peak"] = [o.lr] * len(sched["peak"])
-        self.scheduler.load_state_dict(sched)
-
     def _params(self, *, reflection: bool, seed: int | None) -> SamplingParams:
         return sampling_params(self.cfg.sampler, reflection=reflection, seed=seed)
 
@@ -205,12 +185,12 @@ class R3Trainer:
             self.sampler.sleep()
 
     def _final_evals(self, name: str) -> dict[str, EvalResult]:
-        """One evaluation per decoding of `trainer.eval_temperatures` (or, for the vanilla model
+        """One evaluation per decoding of `eval.temperatures` (or, for the vanilla model
         after a resume, their saved results), every example's texts saved as eval_<name>_<decoding>.json."""
-        if self.cfg.trainer.eval_n <= 0:
+        if self.cfg.eval.n <= 0:
             return {}
         out = {}
-        for t in self.cfg.trainer.eval_temperatures:
+        for t in self.cfg.eval.temperatures:
             label = decoding_label(t)
             path = self.run_dir / f"eval_{name}_{label.replace('=', '')}.json"
             if name == "vanilla" and self.resumed and path.is_file():
@@ -254,7 +234,7 @@ class R3Trainer:
             sampler=self.sampler,
             tokenizer=self.tokenizer,
             params=self._params(reflection=False, seed=seed_for(seed, "mine", step)),
-            progress=cfg.trainer.progress,
+            progress=cfg.metrics.progress,
         )
         result = rollout(
             self.sampler,
@@ -266,7 +246,7 @@ class R3Trainer:
             reflection_params=self._params(reflection=True, seed=seed_for(seed, "reflect", step)),
             answer_params=self._params(reflection=False, seed=seed_for(seed, "retry", step)),
             chunk_size=cfg.sampler.chunk_size,
-            progress=cfg.trainer.progress,
+            progress=cfg.metrics.progress,
             reflect_prompt=cfg.task.reflect_prompt,
         )
         self.sampler.sleep()
@@ -311,7 +291,7 @@ class R3Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             tokenizer=self.tokenizer,
-            keep=self.cfg.trainer.keep_checkpoints,
+            keep=self.cfg.checkpoint.keep,
             model_card=model_card(self.cfg.to_dict(), task_name=self._task_name(), step=self.step),
             trainer_state={
                 "source": sources[0],
@@ -340,8 +320,8 @@ class R3Trainer:
         return str(getattr(self.task, "name", self.cfg.task.name))
 
     def _periodic_eval(self) -> dict:
-        """`trainer.eval_every`: the same small held-out set each time, so the curve compares."""
-        res = self.evaluate(self.cfg.trainer.eval_every_n)
+        """`eval.every`: the same small held-out set each time, so the curve compares."""
+        res = self.evaluate(self.cfg.eval.every_n)
         return {"eval_first_try": res.first_acc, "eval_second_try": res.second_acc}
 
     def _on_main(self, fn: Callable[[], Any], default: Any = None) -> Any:
@@ -353,7 +333,7 @@ class R3Trainer:
     def _start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=1))
-        if self.cfg.trainer.progress:
+        if self.cfg.metrics.progress:
             lines = list(self.notes) + [self.logger.describe()]
             lines += [f"resume: applying changed {k}: {a!r} -> {b!r}" for k, a, b in self.config_changes]
             if self.dist.enabled:
@@ -368,7 +348,8 @@ class R3Trainer:
 
     def _train(self) -> dict:
         t_start = time.perf_counter()
-        cfg = self.cfg.trainer
+        cfg, every = self.cfg.trainer, self.cfg.eval.every
+        save_every = self.cfg.checkpoint.every
         self._on_main(self._start)
         vanilla = self._on_main(lambda: self._final_evals("vanilla"), {})
         bar = progress_bar(
@@ -376,12 +357,12 @@ class R3Trainer:
             initial=self.step,
             desc="train",
             unit="steps",
-            enabled=cfg.progress and self.dist.is_main,
+            enabled=self.cfg.metrics.progress and self.dist.is_main,
             every_update=True,
         )
         while self.step < cfg.steps:
             metrics = self.train_step()
-            if cfg.eval_every and self.step % cfg.eval_every == 0:
+            if every and self.step % every == 0:
                 metrics.update(self._on_main(self._periodic_eval, {}))
             self._on_main(lambda m=metrics: self.logger.log(self.step, m))
             if metrics["tokens"]:  # steps without a learner pass neither break nor extend a streak
@@ -392,13 +373,15 @@ class R3Trainer:
                 loss=f"{loss:.3g}" if math.isfinite(loss) else "non-finite (step skipped)",
             )
             bar.update(1)
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+            if save_every and self.step % save_every == 0 and self.step < cfg.steps:
                 self.save()
             for cb in self.callbacks:
                 cb(self.step, metrics)
         bar.close()
         self.save()
         summary = self._on_main(lambda: self._finish(vanilla, t_start), {"steps": self.step})
+        if self.dist.enabled:  # the DDP / FSDP2 wrapper holds the process group: gone before it is
+            self.module = self.learner.module = None
         self.dist.close()
         return summary
 
@@ -408,28 +391,8 @@ class R3Trainer:
         trained = self._final_evals("trained")
         self.logger.close()
         summary = {"steps": self.step, "final_model": str(final), "seconds": time.perf_counter() - t_start}
-        effects = {k: effect(vanilla[k], trained[k]) for k in vanilla}
-        if effects:
-            for k in vanilla:
-                print(format_eval_table({f"vanilla {k}": vanilla[k], f"trained {k}": trained[k]}))
-            print(effect_table(effects))
-            summary["effect"] = write_effect(self.run_dir, effects, self.cfg.to_dict(), summary["seconds"])
-        report = write_report(
-            self.run_dir,
-            title=f"R3 on {getattr(self.task, 'name', 'task')} — {self.cfg.model.name}",
-            effects=effects,
-            metrics=read_metrics(self.logger.path),
-            config=self.cfg.to_dict(),
-            seconds=summary["seconds"],
-        )
-        summary["report"] = str(report)
-        repo = self.cfg.trainer.push_to_hub
-        write_model_card(final, self.cfg.to_dict(), task_name=self._task_name(), effects=effects,
-                         repo_id=repo)  # fmt: skip
-        write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
-        if repo:  # last: a failed upload (one line) leaves every artefact of the run in place
-            from .hub_push import push_folder
-
-            summary["pushed_to"] = push_folder(final, repo)
-            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
-        return summary
+        return write_run_outputs(
+            self.run_dir, self.cfg.to_dict(), final=final, vanilla=vanilla, trained=trained,
+            metrics_path=self.logger.path, task_name=self._task_name(), summary=summary,
+            push_to_hub=self.cfg.trainer.push_to_hub,
+        )  # fmt: skip

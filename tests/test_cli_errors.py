@@ -33,7 +33,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         ([*train, "--data.failures_per_step", "0"], "data.failures_per_step must be >= 1"),
         ([*train, "--data.max_tokens", "0"], "data.max_tokens must be >= 1"),
         ([*train, "--optim.lr", "-1e-6"], "optim.lr must be > 0"),
-        ([*train, "--trainer.progress", "maybe"], "cannot read 'maybe' as bool"),
+        ([*train, "--metrics.progress", "maybe"], "cannot read 'maybe' as bool"),
         ([*train, "--sampler.backend", "tgi"], "one of hf, vllm"),
         ([*train, "--optim.nope", "1"], "--optim.nope: unknown field"),
         ([*train, "--config", str(d / "steps-ten.yaml")], "steps-ten.yaml: trainer.steps: cannot read 'ten'"),
@@ -88,7 +88,13 @@ SCRIPT = textwrap.dedent(
 def test_user_errors_are_one_line_exit_2_before_torch(tmp_path):
     todo = cases(tmp_path)
     if "wandb" not in sys.modules and __import__("importlib").util.find_spec("wandb") is None:
-        todo.append((["train", "--trainer.report_to", "[jsonl, wandb]"], "pip install 'r3fast[wandb]'"))
+        todo.append((["train", "--metrics.report_to", "[jsonl, wandb]"], "pip install 'r3fast[wandb]'"))
+    assert_one_line_errors(todo, tmp_path)
+
+
+def assert_one_line_errors(todo: list[tuple[list[str], str]], tmp_path: Path) -> None:
+    """Each (argv, expected) in one fresh interpreter: exit 2, one line `r3fast: error: ...` that
+    contains `expected`, and neither torch nor transformers imported before it."""
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT.format(root=str(ROOT)), json.dumps(todo)],
         capture_output=True,
@@ -98,10 +104,10 @@ def test_user_errors_are_one_line_exit_2_before_torch(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     for (argv, expected), (code, err, heavy) in zip(todo, json.loads(proc.stdout)):
-        assert code == 2, (argv, code, err)
-        assert err.count("\n") == 1 and err.startswith("r3fast: error: "), (argv, err)
-        assert expected in err, (argv, err)
-        assert not heavy, (argv, "torch or transformers was imported before the error")
+        assert code == 2, (argv[:4], code, err)
+        assert err.count("\n") == 1 and err.startswith("r3fast: error: "), (argv[:4], err)
+        assert expected in err, (argv[:4], err)
+        assert not heavy, (argv[:4], "torch or transformers was imported before the error")
 
 
 def test_cli_exit_carries_the_message():

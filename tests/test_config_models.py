@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from r3fast.config import R3Config, apply_overrides, load_config
@@ -58,12 +61,61 @@ def test_the_fields_free_on_resume_come_from_the_field_metadata():
     from r3fast.config import may_change_on_resume
     from r3fast.rundir import MAY_CHANGE
 
-    trainer = ["steps", "output_dir", "save_every", "keep_checkpoints", "eval_every", "eval_every_n",
-               "max_nonfinite_steps", "report_to", "wandb_project", "progress", "tensorboard", "push_to_hub"]
-    sampler = ["max_batch_size", "gpu_memory_utilization", "sync_bucket_mb", "sleep_level", "max_model_len"]
-    want = {*(f"trainer.{n}" for n in trainer), *(f"sampler.{n}" for n in sampler),
-            "model.device", "loss.impl", "task.verify_timeout"}  # fmt: skip
+    free = {
+        "trainer": ["steps", "output_dir", "max_nonfinite_steps", "push_to_hub"],
+        "checkpoint": ["every", "keep"],
+        "eval": ["every", "every_n"],
+        "metrics": ["report_to", "wandb_project", "progress", "tensorboard"],
+        "sampler": [
+            "max_batch_size",
+            "gpu_memory_utilization",
+            "sync_bucket_mb",
+            "sleep_level",
+            "max_model_len",
+        ],
+        "model": ["device"],
+        "loss": ["impl"],
+        "task": ["verify_timeout"],
+    }
+    want = {f"{section}.{name}" for section, names in free.items() for name in names}
     assert MAY_CHANGE == may_change_on_resume() == want
+
+
+def test_readme_lists_the_fields_free_on_resume():
+    """The README's list is the metadata's set, so the two cannot drift apart."""
+    import re
+    from pathlib import Path
+
+    from r3fast.config import may_change_on_resume
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    listed = text.split("Free to change:", 1)[1].split("Any other difference", 1)[0]
+    names = set(re.findall(r"`([a-z_]+\.[a-z_]+)`", listed))
+    assert names == set(may_change_on_resume())
+
+
+def test_every_old_name_reads_as_its_new_field():
+    """Each RENAMED entry, written the old way in a file and as a flag, lands in its new field."""
+    from r3fast.config import RENAMED, SECTIONS
+    from r3fast.config_base import note
+
+    values = {"group_size": 4, "mask_truncated_completions": True, "num_iterations": 2,
+              "is_correction": "token_mask", "is_clip_min": 0.5, "is_clip_max": 2.0, "grad_clip": 0.5,
+              "save_every": 3, "keep_checkpoints": 4, "eval_n": 5, "eval_temperatures": [0.9],
+              "eval_every": 6, "eval_every_n": 7, "report_to": ["jsonl"], "wandb_project": "p",
+              "progress": False, "tensorboard": False}  # fmt: skip
+    for old, new in RENAMED.items():
+        (src, name), (dst, field_name) = old.split("."), new.split(".")
+        assert dst in SECTIONS and field_name in {f.name for f in dataclasses.fields(SECTIONS[dst])}
+        cfg = R3Config.from_dict({src: {name: values[name]}})
+        assert getattr(getattr(cfg, dst), field_name) == values[name], old
+        assert cfg.deprecations == [note(old, new)]
+        text = json.dumps(values[name]) if not isinstance(values[name], str) else values[name]
+        flagged = apply_overrides(R3Config(), [f"--{old}", text])
+        assert getattr(getattr(flagged, dst), field_name) == values[name], old
+    with pytest.raises(ValueError, match=r"trainer\.eval_every_n must be >= 1"):  # named as written
+        apply_overrides(R3Config(), ["--trainer.eval_every_n", "0"])
+    assert R3Config.from_dict({"loss": {"impl": "triton_splitv"}}).loss.impl == "triton"
 
 
 def test_old_field_names_still_work_with_a_note(tmp_path):

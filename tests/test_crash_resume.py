@@ -38,10 +38,11 @@ def write_config(tmp_path: Path, tiny_dir: Path, steps: int) -> Path:
     cfg.write_text(
         f"model: {{name: '{tiny_dir}', device: cpu}}\n"
         "task: {name: parity}\n"
-        "sampler: {group_size: 2, max_answer_tokens: 4, max_reflection_tokens: 6}\n"
+        "sampler: {max_answer_tokens: 4, max_reflection_tokens: 6}\nrollout: {group_size: 2}\n"
         "data: {failures_per_step: 2, mine_tries: 1, max_tokens: 256}\n"
         "optim: {lr: 1e-3}\n"
-        f"trainer: {{steps: {steps}, save_every: 1, eval_n: 0, progress: false, report_to: [jsonl]}}\n"
+        f"trainer: {{steps: {steps}}}\n"
+        "checkpoint: {every: 1}\neval: {n: 0}\nmetrics: {progress: false, report_to: [jsonl]}\n"
     )
     return cfg
 

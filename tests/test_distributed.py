@@ -120,11 +120,11 @@ def test_torchrun_trains_end_to_end_and_resumes_with_the_same_world(tmp_path, sm
     smol_tokenizer.save_pretrained(model_dir)
     run = tmp_path / "run"
     base = ["--preset", "countdown-demo", "--model.name", str(model_dir), "--trainer.output_dir", str(run),
-            "--trainer.steps", "2", "--trainer.eval_n", "4", "--trainer.save_every", "1",
-            "--data.failures_per_step", "2", "--sampler.group_size", "2", "--sampler.max_answer_tokens", "6",
-            "--sampler.max_reflection_tokens", "6", "--trainer.progress", "false",
-            "--trainer.tensorboard", "false", "--data.mine_tries", "1", "--sampler.backend", "hf",
-            "--trainer.eval_every", "0"]  # fmt: skip
+            "--trainer.steps", "2", "--eval.n", "4", "--checkpoint.every", "1",
+            "--data.failures_per_step", "2", "--rollout.group_size", "2", "--sampler.max_answer_tokens", "6",
+            "--sampler.max_reflection_tokens", "6", "--metrics.progress", "false",
+            "--metrics.tensorboard", "false", "--data.mine_tries", "1", "--sampler.backend", "hf",
+            "--eval.every", "0"]  # fmt: skip
     p = run_torchrun(base, tmp_path)
     assert p.returncode == 0, p.stderr[-4000:]
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -147,8 +147,8 @@ def test_cli_eval_run_reproduces_the_trained_evaluation(tmp_path, smol_tokenizer
     from r3fast.config import apply_overrides
     from tests.test_trainer import tiny_config
 
-    cfg = tiny_config(tmp_path, **{"trainer.steps": 1, "trainer.save_every": 0, "sampler.chunk_size": 3})
-    apply_overrides(cfg, ["--trainer.eval_temperatures", "[0.0, 0.9]", "--task.options", "{num_numbers: 2}"])
+    cfg = tiny_config(tmp_path, **{"trainer.steps": 1, "checkpoint.every": 0, "sampler.chunk_size": 3})
+    apply_overrides(cfg, ["--eval.temperatures", "[0.0, 0.9]", "--task.options", "{num_numbers: 2}"])
     R3Trainer(cfg, model=tiny_llama(len(smol_tokenizer)), tokenizer=smol_tokenizer).train()
     run = tmp_path / "run"
     for label, flags in (("greedy", []), ("T0.9", ["--temperature", "0.9"])):
@@ -161,7 +161,7 @@ def test_cli_eval_run_reproduces_the_trained_evaluation(tmp_path, smol_tokenizer
         assert next(timeless) == next(timeless)
         assert "not the run's own evaluation" not in capsys.readouterr().out
     assert cli.main(["eval", "--run", str(run), "--n", "2", "--out", str(tmp_path / "x.json")]) == 0
-    assert "not the run's own evaluation (changed: trainer.eval_n)" in capsys.readouterr().out
+    assert "not the run's own evaluation (changed: eval.n)" in capsys.readouterr().out
     # --config: the same protocol under a config file (here the run's own, pointed at final/)
     raw = json.loads((run / "config.json").read_text())
     raw["model"]["name"] = str(run / "final")

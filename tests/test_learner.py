@@ -109,7 +109,7 @@ def test_hf_sampler_in_fp32_has_no_mismatch(smol_tokenizer):
         for k, (p, group) in enumerate(zip(prompts, sampler.generate(prompts, params), strict=True))
         for i, c in enumerate(group)
     ]
-    cfg = LossConfig(loss_type="dapo", beta=0.0, impl="torch", is_correction="token_tis")
+    cfg = LossConfig(loss_type="dapo", beta=0.0, impl="torch")
     loss = SpanLoss(cfg, temperature=0.9, max_span_tokens=12)
     opt = torch.optim.AdamW(model.parameters(), lr=0)
     learner = Learner(model=model, ref_model=None, loss=loss, optimizer=opt, guard=NonFiniteGuard(3),
@@ -121,7 +121,7 @@ def test_hf_sampler_in_fp32_has_no_mismatch(smol_tokenizer):
 
 
 def test_correction_needs_sampler_logprobs():
-    cfg = LossConfig(loss_type="dapo", beta=0.0, impl="torch", is_correction="token_tis")
+    cfg = LossConfig(loss_type="dapo", beta=0.0, impl="torch")
     learner = make_learner(SpanLoss(cfg, temperature=1.0, max_span_tokens=30), mu=1, correction="token_tis")
     seqs = [TrainSequence(input_ids=list(range(5, 25)), span_start=10, span_end=20, advantage=1.0)]
     plan, rows = pack_step(seqs, max_tokens=64, shared_prefix=False, seed=0, step=0)

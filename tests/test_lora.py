@@ -100,7 +100,7 @@ def test_merged_export_loads_without_peft_and_scores_the_same(smol_tokenizer, tm
 def test_lora_run_resumes_exactly(tmp_path, smol_tokenizer):
     """The trainer with model.lora: checkpoints hold the adapter; a killed run resumed from one equals
     the straight run, adapter weights bit for bit; final/ is the merged model."""
-    over = {"trainer.steps": 3, "trainer.eval_n": 0, "model.lora": "{r: 4, alpha: 8}", "loss.beta": 0.04}
+    over = {"trainer.steps": 3, "eval.n": 0, "model.lora": "{r: 4, alpha: 8}", "loss.beta": 0.04}
     straight = make_trainer(tiny_config(tmp_path / "a", **over), smol_tokenizer)
     assert straight.ref_model is None and straight.learner.ref_adapters_off
     straight.train()

@@ -12,7 +12,15 @@ import torch
 from r3fast.kernels import LOSS_TYPES, ObjectiveParams, span_grpo_loss
 from r3fast.kernels.reference import naive_is_weights, naive_span_grpo_loss
 
-from r3fast.config import IS_ALIASES, RATIO_LEVELS, LossConfig, R3Config, RolloutConfig, apply_overrides
+from r3fast.config import (
+    IS_ALIASES,
+    RATIO_LEVELS,
+    LearnerConfig,
+    LossConfig,
+    R3Config,
+    RolloutConfig,
+    apply_overrides,
+)
 from r3fast.errors import ConfigError
 from r3fast.learner import IS_MODES, correction_weights
 from r3fast.rollout import scaled_advantages
@@ -21,24 +29,33 @@ from r3fast.rollout import scaled_advantages
 def test_config_levels_are_the_kernel_records():
     """config.py imports no torch, so it keeps its own table; it must say what the record says."""
     assert RATIO_LEVELS == {name: t.levels for name, t in LOSS_TYPES.items()}
-    modes = set(typing.get_args(typing.get_type_hints(LossConfig)["is_correction"]))
+    modes = set(typing.get_args(typing.get_type_hints(LearnerConfig)["is_correction"]))
     assert modes == set(IS_MODES) | set(IS_ALIASES)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(loss_type="luspo"), "luspo.*takes sequence"),
-    (dict(loss_type="vespo", importance_sampling_level="sequence"), "vespo.*takes token"),
-    *[(dict(loss_type=t, importance_sampling_level="sequence"), f"{t}.*takes token")
+@pytest.mark.parametrize("raw,match", [
+    ({"loss": dict(loss_type="luspo")}, "luspo.*takes sequence"),
+    ({"loss": dict(loss_type="vespo", importance_sampling_level="sequence")}, "vespo.*takes token"),
+    *[({"loss": dict(loss_type=t, importance_sampling_level="sequence")}, f"{t}.*takes token")
       for t in ("bnpo", "dr_grpo", "dapo", "cispo")],
-    (dict(loss_type="vespo", is_correction="sequence_mask"), "vespo takes only token_truncate"),
-    (dict(is_correction="token_mask", is_clip_min=2.0, is_clip_max=1.5), "is_clip_min 2.0 must be <="),
-    (dict(sapo_temperature_neg=0.0), "sapo_temperature_neg must be > 0"),
-    (dict(delta=-1.0), "delta must be > 0"),
+    ({"loss": dict(loss_type="vespo"), "learner": dict(is_correction="sequence_mask")},
+     "vespo takes only token_truncate"),
+    ({"learner": dict(is_correction="token_mask", is_clip_min=2.0, is_clip_max=1.5)},
+     "is_clip_min 2.0 must be <="),
+    ({"loss": dict(sapo_temperature_neg=0.0)}, "sapo_temperature_neg must be > 0"),
+    ({"loss": dict(delta=-1.0)}, "delta must be > 0"),
 ])  # fmt: skip
-def test_trls_rules_are_one_line_config_errors(kw, match):
+def test_trls_rules_are_one_line_config_errors(raw, match):
     with pytest.raises(ConfigError, match=match) as e:
-        LossConfig(**kw)
+        R3Config.from_dict(raw)
     assert "\n" not in str(e.value)
+
+
+def test_config_knobs_are_the_kernels_objective_params():
+    """[loss] (no torch) repeats ObjectiveParams' knobs by name; the defaults must agree too."""
+    config = LossConfig()
+    for f in dataclasses.fields(ObjectiveParams):
+        assert getattr(config, f.name) == f.default, f.name
 
 
 def test_every_allowed_combination_configures():
@@ -49,21 +66,21 @@ def test_every_allowed_combination_configures():
 
 def test_cli_overrides_reach_the_new_fields():
     flags = ["--loss.loss_type", "luspo", "--loss.importance_sampling_level", "sequence",
-             "--rollout.scale_rewards", "none", "--loss.is_correction", "token_mask",
-             "--loss.is_clip_min", "0.5"]  # fmt: skip
+             "--rollout.scale_rewards", "none", "--learner.is_correction", "token_mask",
+             "--learner.is_clip_min", "0.5"]  # fmt: skip
     cfg = apply_overrides(R3Config(), flags)
     assert (cfg.loss.loss_type, cfg.loss.importance_sampling_level) == ("luspo", "sequence")
-    assert cfg.rollout.scale_rewards == "none" and cfg.loss.is_clip_min == 0.5
+    assert cfg.rollout.scale_rewards == "none" and cfg.learner.is_clip_min == 0.5
     with pytest.raises(ConfigError, match="rollout.scale_rewards"):
         RolloutConfig(scale_rewards="std")
 
 
 def test_old_correction_names_are_aliases_and_reload_to_themselves():
-    c = LossConfig(is_correction="token_tis", is_clip_max=2.0)
+    c = LearnerConfig(is_correction="token_tis", is_clip_max=2.0)
     assert (c.is_correction, c.is_clip_min, c.is_clip_max) == ("token_truncate", None, 2.0)
-    c = LossConfig(is_correction="sequence_mis", is_clip_max=2.0)
+    c = LearnerConfig(is_correction="sequence_mis", is_clip_max=2.0)
     assert (c.is_correction, c.is_clip_min, c.is_clip_max) == ("sequence_mask", 0.5, 2.0)
-    assert LossConfig(**dataclasses.asdict(c)) == c
+    assert LearnerConfig(**dataclasses.asdict(c)) == c
 
 
 @pytest.mark.parametrize("mode", IS_MODES[1:])

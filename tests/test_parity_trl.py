@@ -16,7 +16,7 @@ import torch
 from conftest import tiny_llama
 from r3fast.kernels.reference import naive_is_weights
 
-from r3fast.config import LossConfig
+from r3fast.config import LearnerConfig, LossConfig
 from r3fast.data import TrainSequence, pack_step
 from r3fast.guard import NonFiniteGuard
 from r3fast.learner import Learner, correction_weights
@@ -184,7 +184,8 @@ def r3fast_model(model_dir, *, policy: bool = True):
 
 
 def r3fast_step(
-    model_dir, seqs, cfg: LossConfig, *, max_tokens: int, shared_prefix: bool, old=None, sampler=None
+    model_dir, seqs, cfg: LossConfig, *, max_tokens: int, shared_prefix: bool, old=None, sampler=None,
+    learner_cfg: LearnerConfig | None = None,
 ):
     """Loss and grads of r3fast's learner over the same sequences (ratio from `old` when given;
     with `sampler` log-probs, the learner's correction weights from old vs sampler)."""
@@ -212,8 +213,9 @@ def r3fast_step(
             w = None
             if sampler is not None:
                 samp = per_row(sampler, seqs, row)
+                lc = learner_cfg or LearnerConfig()
                 w, _ = correction_weights(torch.tensor(o), samp, row.seq_index[row.span_mask],
-                                          cfg.is_correction, cfg.is_clip_max, cfg.is_clip_min)  # fmt: skip
+                                          lc.is_correction, lc.is_clip_max, lc.is_clip_min)  # fmt: skip
             out, _ = loss(model, row, plan, ref_logp=r, old_logp=torch.tensor(o), is_weights=w)
             (out.loss * scale).backward()
             metrics["loss"] += float(out.loss) * scale
@@ -365,10 +367,10 @@ def test_is_correction_modes_equal_trls(model_dir, smol_tokenizer, loss_type, mo
     old = old_policy(model_dir, seqs, seed=3)
     g = torch.Generator().manual_seed(4)
     sampler = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in old.items()}
-    cfg = LossConfig(loss_type=loss_type, beta=0.04, eps_low=0.2, eps_high=0.28, is_correction=mode,
-                     is_clip_min=clip_min, is_clip_max=clip_max)  # fmt: skip
+    cfg = LossConfig(loss_type=loss_type, beta=0.04, eps_low=0.2, eps_high=0.28)
+    lc = LearnerConfig(is_correction=mode, is_clip_min=clip_min, is_clip_max=clip_max)
     mine, grads, rows = r3fast_step(model_dir, seqs, cfg, max_tokens=100, shared_prefix=False, old=old,
-                                    sampler=sampler)  # fmt: skip
+                                    sampler=sampler, learner_cfg=lc)  # fmt: skip
     assert len(rows) >= 2
     ids = torch.cat([torch.full((len(old[id(s)]),), k) for k, s in enumerate(seqs)])
     flat = naive_is_weights(torch.cat([old[id(s)] for s in seqs]), torch.cat([sampler[id(s)] for s in seqs]),

@@ -65,14 +65,14 @@ def tiny_args(argv: list[str], model: Path) -> list[str]:
         "model.device": "cpu",
         "model.dtype": "float32",
         "sampler.backend": "hf",
-        "sampler.group_size": 2,
+        "rollout.group_size": 2,
         "sampler.max_answer_tokens": 4,
         "sampler.max_reflection_tokens": 4,
         "data.failures_per_step": 1,
         "data.mine_tries": 1,
         "data.max_tokens": 512,
-        "trainer.eval_n": 2,
-        "trainer.progress": "false",
+        "eval.n": 2,
+        "metrics.progress": "false",
         "trainer.steps": 2 if "--resume" in argv else 1,
     }
     return [x for k, v in flags.items() for x in (f"--{k}", str(v))]

@@ -21,7 +21,7 @@ from tests.test_trainer import make_trainer, tiny_config
 
 
 def small(tmp_path, **over):
-    return tiny_config(tmp_path, **{"trainer.eval_n": 0, "sampler.group_size": 2, **over})
+    return tiny_config(tmp_path, **{"eval.n": 0, "rollout.group_size": 2, **over})
 
 
 def test_resume_skips_a_corrupt_newest_checkpoint_and_says_so(tmp_path, smol_tokenizer):
@@ -39,7 +39,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint_and_says_so(tmp_path, smol_tok
 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, smol_tokenizer):
-    cfg = small(tmp_path, **{"trainer.steps": 1, "trainer.save_every": 0})
+    cfg = small(tmp_path, **{"trainer.steps": 1, "checkpoint.every": 0})
 
     def killed(step, metrics):
         raise KeyboardInterrupt
@@ -54,8 +54,8 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, 
 
 
 def test_the_nan_guard_does_not_call_a_missing_checkpoint_intact(tmp_path, smol_tokenizer):
-    cfg = small(tmp_path, **{"optim.lr": 1e30, "trainer.max_nonfinite_steps": 1, "trainer.save_every": 0,
-                             "trainer.steps": 8, "sampler.group_size": 4})  # fmt: skip
+    cfg = small(tmp_path, **{"optim.lr": 1e30, "trainer.max_nonfinite_steps": 1, "checkpoint.every": 0,
+                             "trainer.steps": 8, "rollout.group_size": 4})  # fmt: skip
     with pytest.raises(NonFiniteError) as e:
         make_trainer(cfg, smol_tokenizer).train()
     assert "no intact checkpoint exists yet" in str(e.value) and "is intact" not in str(e.value)

@@ -39,7 +39,7 @@ class RecordingSampler(HFSampler):
 
 
 def test_train_step_wakes_generates_sleeps_then_syncs(tmp_path, smol_tokenizer):
-    trainer = make_trainer(tiny_config(tmp_path, **{"trainer.eval_n": 0}), smol_tokenizer)
+    trainer = make_trainer(tiny_config(tmp_path, **{"eval.n": 0}), smol_tokenizer)
     trainer.sampler = recorder = RecordingSampler(trainer.model, smol_tokenizer)
 
     trainer.train_step()

@@ -98,6 +98,6 @@ def test_model_card_of_an_embedded_base_with_effects():
     meta = front_matter(text)
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and "task:countdown" in meta["tags"]
     assert "50.0 [20.0, 80.0]" in text and 'from_pretrained("o/m")' in text
-    assert "Not measured (trainer.eval_n = 0)" in model_card(
-        {**R3Config().to_dict(), "trainer": {**R3Config().to_dict()["trainer"], "eval_n": 0}}, task_name="t"
+    assert "Not measured (eval.n = 0)" in model_card(
+        {**R3Config().to_dict(), "eval": {**R3Config().to_dict()["eval"], "n": 0}}, task_name="t"
     )

@@ -28,7 +28,7 @@ def tiny_config(tmp_path, **over) -> R3Config:
     apply_overrides(
         cfg,
         [
-            "--sampler.group_size",
+            "--rollout.group_size",
             "4",
             "--sampler.max_answer_tokens",
             "6",
@@ -44,15 +44,15 @@ def tiny_config(tmp_path, **over) -> R3Config:
             "256",
             "--optim.lr",
             "1e-3",
-            "--trainer.eval_n",
+            "--eval.n",
             "4",
             "--trainer.steps",
             "2",
-            "--trainer.save_every",
+            "--checkpoint.every",
             "1",
-            "--trainer.progress",
+            "--metrics.progress",
             "false",
-            "--trainer.tensorboard",
+            "--metrics.tensorboard",
             "false",
             "--trainer.output_dir",
             str(tmp_path / "run"),
@@ -130,7 +130,7 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
     )
     for key in keys:
         assert key in effect, key
-    assert effect["n"] == cfg.trainer.eval_n and effect["decoding"] == "greedy"
+    assert effect["n"] == cfg.eval.n and effect["decoding"] == "greedy"
     assert summary["steps"] == 2
     from r3fast.models import load_model
 
@@ -140,7 +140,7 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
 
 def test_resume_is_exact(tmp_path, smol_tokenizer):
     straight = make_trainer(
-        tiny_config(tmp_path / "a", **{"trainer.steps": 4, "trainer.eval_n": 0}), smol_tokenizer
+        tiny_config(tmp_path / "a", **{"trainer.steps": 4, "eval.n": 0}), smol_tokenizer
     )
     straight.train()
 
@@ -151,7 +151,7 @@ def test_resume_is_exact(tmp_path, smol_tokenizer):
         if step == 2:
             raise Killed
 
-    cfg = tiny_config(tmp_path / "b", **{"trainer.steps": 4, "trainer.eval_n": 0})
+    cfg = tiny_config(tmp_path / "b", **{"trainer.steps": 4, "eval.n": 0})
     with pytest.raises(Killed):
         make_trainer(cfg, smol_tokenizer, callbacks=[kill_after_two]).train()
     resumed = make_trainer(cfg, smol_tokenizer, resume=True)

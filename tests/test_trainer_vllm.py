@@ -34,7 +34,7 @@ def test_train_step_through_vllm_syncs_the_new_weights(tmp_path):
             "optim.lr": "1e-4",
             "data.failures_per_step": 3,
             "trainer.steps": 1,
-            "trainer.save_every": 0,
+            "checkpoint.every": 0,
         },
     )
     trainer = R3Trainer(cfg, task=parity_task())

@@ -1,8 +1,8 @@
 """The learner's model forward: packed rows through a stock transformers decoder, attention backends."""
 
 from .attention import ATTN_NAME, BACKENDS, available_backends, select_backend, use_packed_attention
-from .forward import decoder_of, forward_hidden
-from .lm import DecoderOnly, unwrap
+from .forward import forward_hidden
+from .lm import DecoderOnly, decoder_of, full_weight, is_fsdp2, unwrap
 
 __all__ = [
     "ATTN_NAME",
@@ -11,6 +11,8 @@ __all__ = [
     "available_backends",
     "decoder_of",
     "forward_hidden",
+    "full_weight",
+    "is_fsdp2",
     "select_backend",
     "unwrap",
     "use_packed_attention",

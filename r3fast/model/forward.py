@@ -19,16 +19,9 @@ import torch
 
 from ..data.packing import PackedBatch
 from .attention import ATTN_NAME, MASK_BACKENDS, dense_packed_mask, flex_block_mask, select_backend
+from .lm import decoder_of, unwrap
 
-__all__ = ["compute_dtype", "decoder_of", "forward_hidden"]
-
-
-def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder stack (embeddings .. final norm) of a causal LM, without its lm_head."""
-    dec = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
-    if dec is None or not hasattr(dec, "config"):
-        raise TypeError(f"cannot find the decoder of {type(model).__name__}: no get_decoder() or .model")
-    return dec
+__all__ = ["compute_dtype", "forward_hidden"]
 
 
 def _hf_mask_path(impl: str, batch: PackedBatch, dtype: torch.dtype) -> tuple[dict, str]:
@@ -155,9 +148,7 @@ def forward_hidden(
     The lm_head is not applied: the fused span loss does that on span positions only.
     `backend` picks one of attention.BACKENDS when the model uses "r3fast_packed" (default: fastest).
     """
-    from ..distributed import unwrap  # a DDP / FSDP2-wrapped decoder runs through its wrapper
-
-    lm = unwrap(model)
+    lm = unwrap(model)  # a DDP / FSDP2-wrapped decoder runs through its wrapper
     dec = decoder_of(lm)
     impl = dec.config._attn_implementation
     param = next(dec.parameters())

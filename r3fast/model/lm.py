@@ -1,4 +1,4 @@
-"""The LM versus the module its forward runs through: one owner of the concept.
+"""The LM, its decoder, and the module its forward runs through: one owner of the concept.
 
 Under data parallelism the learner's forward runs through a wrapper (DDP around `DecoderOnly`, or
 FSDP2 sharding `DecoderOnly` in place) whose hooks sync gradients, while the span loss takes the
@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from .forward import decoder_of
+__all__ = ["DecoderOnly", "decoder_of", "full_weight", "is_fsdp2", "unwrap"]
 
-__all__ = ["DecoderOnly", "unwrap"]
+
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack (embeddings .. final norm) of a causal LM, without its lm_head."""
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    if dec is None or not hasattr(dec, "config"):
+        raise TypeError(f"cannot find the decoder of {type(model).__name__}: no get_decoder() or .model")
+    return dec
 
 
 class DecoderOnly(torch.nn.Module):
@@ -31,3 +37,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     return model.lm if isinstance(model, DecoderOnly) else model
+
+
+def is_fsdp2(module: torch.nn.Module) -> bool:
+    """Sharded by FSDP2's `fully_shard` (which makes the module an FSDPModule in place)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def full_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A parameter as one tensor: an FSDP2-sharded DTensor is all-gathered (its grad reduce-scatters)."""
+    from torch.distributed.tensor import DTensor
+
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight
