@@ -53,6 +53,65 @@ def _padded(values: Tensor, seq: Tensor) -> tuple[Tensor, Tensor]:
     return out, mask
 
 
+def _objective(loss_type, coef_1, log_ratio, logp, adv, cmask, isw, eps_low, eps_high, knob):
+    """(per-token policy term [S, T], low-clipped [S, T], high-clipped [S, T]) of one loss type, in
+    TRL's padded layout; coef_1 is the importance ratio (token or sequence level)."""
+    zeros = torch.zeros_like(cmask, dtype=torch.bool)
+    low, high = zeros, zeros
+    if loss_type == "cispo":  # −sg(min(r, ε_max))·A·logp
+        per_token = -torch.clamp(coef_1, max=eps_high).detach() * adv * logp
+        high = (coef_1 > eps_high) & (adv > 0)
+    elif loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
+        coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
+        c1 = coef_1 if knob["delta"] is None else torch.clamp(coef_1, max=knob["delta"])
+        per_token = -torch.min(c1 * adv, coef_2 * adv)
+        low = (coef_1 < 1 - eps_low) & (adv < 0)
+        high = (coef_1 > 1 + eps_high) & (adv > 0)
+    elif loss_type == "sapo":  # −σ(τ(r − 1))·4/τ·A, τ = τ+ for A > 0 else τ−
+        pos = torch.full_like(adv, knob["sapo_temperature_pos"])
+        tau = torch.where(adv > 0, pos, torch.full_like(adv, knob["sapo_temperature_neg"]))
+        per_token = -torch.sigmoid(tau * (coef_1 - 1)) * 4 / tau * adv
+    elif loss_type == "vespo":  # −sg(φ(w))·A·logp, φ(w) = e^λ·w^k·e^(−λw), w = Π_t r_t (× Π_t IS_t)
+        lo = math.log(1e-8)
+        with torch.no_grad():
+            seq_log = (torch.clamp(log_ratio, -20, 20) * cmask).sum(-1, keepdim=True)
+            if isw is not None:
+                seq_log = seq_log + (torch.clamp(torch.log(isw), lo, 20) * cmask).sum(-1, keepdim=True)
+            log_w = torch.clamp(seq_log, lo, 20)
+            nonneg = adv >= 0
+            k = torch.where(nonneg, adv.new_tensor(knob["vespo_k_pos"]), adv.new_tensor(knob["vespo_k_neg"]))
+            lam = torch.where(nonneg, adv.new_tensor(knob["vespo_lambda_pos"]),
+                              adv.new_tensor(knob["vespo_lambda_neg"]))  # fmt: skip
+            lam = lam.clamp(min=1e-4)
+            phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
+            phi = phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+        per_token = -phi * adv * logp
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    return per_token, low, high
+
+
+def _reduce(loss_type, L, cmask, num_items):
+    """TRL's normalisation of the masked per-token loss L [S, T] for each loss type."""
+    n_seq, width = cmask.shape
+    if loss_type in ("grpo", "sapo"):
+        # ((L * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean() over this batch's sequences
+        per_seq = L.sum(-1) / cmask.sum(-1).clamp(min=1)
+        loss = per_seq.sum() / (num_items if num_items is not None else max(n_seq, 1))
+    elif loss_type == "bnpo":
+        loss = L.sum() / cmask.sum().clamp(min=1)
+    elif loss_type == "dr_grpo":
+        # (L * mask).sum() / (B * max_completion_length); the local default is the widest span
+        denom = num_items if num_items is not None else max(n_seq * width, 1)
+        loss = L.sum() / denom
+    elif loss_type in ("dapo", "cispo", "vespo"):
+        denom = num_items if num_items is not None else cmask.sum().clamp(min=1)
+        loss = L.sum() / denom
+    else:  # luspo: (L * mask).sum(-1).mean(): each sequence's sum, averaged over sequences
+        loss = L.sum() / (num_items if num_items is not None else max(n_seq, 1))
+    return loss
+
+
 def naive_span_grpo_loss(
     hidden: Tensor,
     weight: Tensor,
@@ -109,38 +168,9 @@ def naive_span_grpo_loss(
     else:
         raise ValueError(f"unknown ratio_level {ratio_level!r}")
     coef_1 = torch.exp(log_iw)
-    zeros = torch.zeros_like(cmask, dtype=torch.bool)
-    low, high = zeros, zeros
-    if loss_type == "cispo":  # −sg(min(r, ε_max))·A·logp
-        per_token = -torch.clamp(coef_1, max=eps_high).detach() * adv * logp
-        high = (coef_1 > eps_high) & (adv > 0)
-    elif loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
-        coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
-        c1 = coef_1 if knob["delta"] is None else torch.clamp(coef_1, max=knob["delta"])
-        per_token = -torch.min(c1 * adv, coef_2 * adv)
-        low = (coef_1 < 1 - eps_low) & (adv < 0)
-        high = (coef_1 > 1 + eps_high) & (adv > 0)
-    elif loss_type == "sapo":  # −σ(τ(r − 1))·4/τ·A, τ = τ+ for A > 0 else τ−
-        pos = torch.full_like(adv, knob["sapo_temperature_pos"])
-        tau = torch.where(adv > 0, pos, torch.full_like(adv, knob["sapo_temperature_neg"]))
-        per_token = -torch.sigmoid(tau * (coef_1 - 1)) * 4 / tau * adv
-    elif loss_type == "vespo":  # −sg(φ(w))·A·logp, φ(w) = e^λ·w^k·e^(−λw), w = Π_t r_t (× Π_t IS_t)
-        lo = math.log(1e-8)
-        with torch.no_grad():
-            seq_log = (torch.clamp(log_ratio, -20, 20) * cmask).sum(-1, keepdim=True)
-            if isw is not None:
-                seq_log = seq_log + (torch.clamp(torch.log(isw), lo, 20) * cmask).sum(-1, keepdim=True)
-            log_w = torch.clamp(seq_log, lo, 20)
-            nonneg = adv >= 0
-            k = torch.where(nonneg, adv.new_tensor(knob["vespo_k_pos"]), adv.new_tensor(knob["vespo_k_neg"]))
-            lam = torch.where(nonneg, adv.new_tensor(knob["vespo_lambda_pos"]),
-                              adv.new_tensor(knob["vespo_lambda_neg"]))  # fmt: skip
-            lam = lam.clamp(min=1e-4)
-            phi = torch.exp(lam + k * log_w - lam * torch.exp(log_w))
-            phi = phi.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-        per_token = -phi * adv * logp
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}")
+    per_token, low, high = _objective(
+        loss_type, coef_1, log_ratio, logp, adv, cmask, isw, eps_low, eps_high, knob
+    )
     if isw is not None and loss_type != "vespo":  # TRL: per_token_loss * IS ratio, before the KL
         per_token = per_token * isw
     flat_kl = torch.zeros_like(flat_logp)
@@ -153,22 +183,7 @@ def naive_span_grpo_loss(
             per_token = per_token + beta * kl_term
 
     L = per_token * cmask  # [S, T] (a [S, 1] sequence-level term broadcasts onto its tokens)
-    n_seq, width = cmask.shape
-    if loss_type in ("grpo", "sapo"):
-        # ((L * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean() over this batch's sequences
-        per_seq = L.sum(-1) / cmask.sum(-1).clamp(min=1)
-        loss = per_seq.sum() / (num_items if num_items is not None else max(n_seq, 1))
-    elif loss_type == "bnpo":
-        loss = L.sum() / cmask.sum().clamp(min=1)
-    elif loss_type == "dr_grpo":
-        # (L * mask).sum() / (B * max_completion_length); the local default is the widest span
-        denom = num_items if num_items is not None else max(n_seq * width, 1)
-        loss = L.sum() / denom
-    elif loss_type in ("dapo", "cispo", "vespo"):
-        denom = num_items if num_items is not None else cmask.sum().clamp(min=1)
-        loss = L.sum() / denom
-    else:  # luspo: (L * mask).sum(-1).mean(): each sequence's sum, averaged over sequences
-        loss = L.sum() / (num_items if num_items is not None else max(n_seq, 1))
+    loss = _reduce(loss_type, L, cmask, num_items)
 
     clipped = ((low | high) & cmask.bool()).to(dt)
     clip_frac = clipped.sum() / cmask.sum() if flat_logp.numel() else torch.zeros((), dtype=dt)
@@ -201,7 +216,7 @@ def naive_is_weights(
         ratio = ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
     else:
         raise ValueError(f"unknown importance-sampling mode {mode!r}")
-    full = (ratio * torch.ones_like(cmask))  # [S, T]
+    full = ratio * torch.ones_like(cmask)  # [S, T]
     # back to mask order: the k-th token of sequence s is full[row(s), k]
     ids = sorted(set(seq_ids.tolist()))
     row_of, used, out = {s: i for i, s in enumerate(ids)}, [0] * len(ids), []
