@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_dir", "write_text_atomic"]
+__all__ = ["atomic_dir", "publish_dir", "write_text_atomic"]
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -39,10 +39,16 @@ class atomic_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        old = None
-        if self.dest.exists():  # move the old one aside first: rename onto a non-empty dir fails
-            old = self.dest.with_name(f".{self.dest.name}.old.{os.getpid()}")
-            os.rename(self.dest, old)
-        os.rename(self.tmp, self.dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(self.tmp, self.dest)
+
+
+def publish_dir(tmp: str | Path, dest: str | Path) -> None:
+    """Rename the finished directory `tmp` to `dest`, replacing what is there."""
+    tmp, dest = Path(tmp), Path(dest)
+    old = None
+    if dest.exists():  # move the old one aside first: rename onto a non-empty dir fails
+        old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -31,10 +31,18 @@ from .errors import UserError
 from .lora import is_lora
 from .rundir import latest_checkpoint
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "prune_checkpoints", "save_checkpoint"]
+__all__ = [
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "read_state",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """Plain lists and tensors only, so `weights_only=True` can read them back."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -48,7 +56,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -83,7 +91,7 @@ def save_checkpoint(
         if model_card is not None:  # README.md: what these weights are (r3fast.model_card)
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / "state.pt",
         )
         # last: the digests of everything above, and of itself
@@ -131,24 +139,30 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
+def read_state(path: Path, *, check: bool = True) -> dict[str, Any]:
+    """state.pt of a checkpoint (optimiser, schedule, RNG), after checking every file's digest
+    (`check=False`: the caller has, e.g. rank 0 for all); `UserError` if corrupt or not plain data."""
+    why = check_checkpoint(path, path.parent.parent) if check else None
+    if why is not None:
+        raise UserError(f"checkpoint {path}: {why}")
+    try:  # digests match, but a hand-made checkpoint may still hold pickled code: refused
+        return torch.load(path / "state.pt", weights_only=True)
+    except Exception as e:
+        raise UserError(f"checkpoint {path}: state.pt is not plain tensors and numbers ({type(e).__name__}), "
+                        "cannot be loaded safely") from None  # fmt: skip
+
+
 def load_checkpoint(
     path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> dict[str, Any]:
     """Restore everything `save_checkpoint` wrote, after checking it (`UserError` if corrupt);
     returns the trainer state (with `step`)."""
     path = Path(path)
-    why = check_checkpoint(path, path.parent.parent)
-    if why is not None:
-        raise UserError(f"checkpoint {path}: {why}")
-    try:  # digests match, but a hand-made checkpoint may still hold pickled code: refused
-        state = torch.load(path / "state.pt", weights_only=True)
-    except Exception as e:
-        raise UserError(f"checkpoint {path}: state.pt is not plain tensors and numbers ({type(e).__name__}), "
-                        "cannot be loaded safely") from None  # fmt: skip
+    state = read_state(path)
     _load_weights(model, path)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     return json.loads((path / "trainer_state.json").read_text())
 
 

@@ -7,7 +7,9 @@ Launch with torchrun (multi-node through its rendezvous flags):
         --rdzv-endpoint $HOST:29500 -m r3fast train --preset countdown-paper
 
 Each rank rolls out its own share of failures with its own colocated sampler; the learner's decoder
-is wrapped in DDP (or sharded with FSDP2 `fully_shard`, `trainer.data_parallel: fsdp2`); the loss's
+is wrapped in DDP (or sharded with FSDP2 `fully_shard`, `trainer.data_parallel: fsdp2`: then each
+rank's sampler generates from a whole-weights copy refreshed after every step, and checkpoints are
+sharded, r3fast.checkpoint_sharded); the loss's
 step-wide normalisers (span tokens, sequences, rows) are all-reduced before the first micro-batch,
 and each rank's loss is scaled by the world size to undo DDP's gradient averaging, so K ranks
 compute exactly the gradient of one rank holding all K shares. Rank 0 alone writes the run
@@ -58,17 +60,20 @@ class Dist:
         return cls(rank=rank, world=world, local_rank=local)
 
     @classmethod
-    def for_loop(cls, device_type: str, mode: str) -> Dist:
-        """`from_env`, for the training loop: fsdp2 is refused there under torchrun. Sharded weights would
-        make every generated token a collective (ranks generate different lengths) and every checkpoint
-        a gather; the learner shards (`wrap`), the loop not yet."""
+    def for_loop(cls, device_type: str, mode: str, *, lora: bool = False, load_in_4bit: bool = False) -> Dist:
+        """`from_env`, for the training loop; refuses what FSDP2 sharding does not cover before anything
+        loads: it shards a full fine-tune (LoRA's frozen base fits one device; use ddp there)."""
         group = cls.from_env(device_type)
-        if group.enabled and mode == "fsdp2":
+        if group.enabled and mode == "fsdp2" and (lora or load_in_4bit):
             raise UserError(
-                "trainer.data_parallel=fsdp2 is supported by r3fast.learner.Learner (Dist.wrap), not yet by "
-                "the training loop, whose samplers and checkpoints need whole weights: use ddp"
+                "trainer.data_parallel=fsdp2 shards a full fine-tune; with model.lora or model.load_in_4bit "
+                "the frozen base is replicated anyway: use trainer.data_parallel=ddp"
             )
         return group
+
+    def shards(self, mode: str) -> bool:
+        """Whether the learner's weights are sharded (FSDP2 over more than one process)."""
+        return self.enabled and mode == "fsdp2"
 
     def device(self, requested: torch.device) -> torch.device:
         """One GPU per rank: cuda:LOCAL_RANK."""
@@ -101,6 +106,14 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -117,9 +130,17 @@ class Dist:
 
     # ---- the learner's wrapper ------------------------------------------------------------------
 
-    def wrap(self, lm: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    def wrap(
+        self,
+        lm: torch.nn.Module,
+        mode: str,
+        device: torch.device,
+        *,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> torch.nn.Module:
         """The module the learner's forward runs through: the LM itself at world size 1, else its
-        decoder under DDP or FSDP2 (each decoder layer sharded, then the root)."""
+        decoder under DDP or FSDP2 (each decoder layer sharded, then the root). FSDP2's policy:
+        parameters all-gathered in `compute_dtype`, gradients reduced and master weights kept in fp32."""
         if not self.enabled:
             return lm
         module = DecoderOnly(lm)
@@ -127,15 +148,30 @@ class Dist:
             ids = [device.index] if device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
         if mode == "fsdp2":
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
-
-            mesh = init_device_mesh(device.type, (self.world,))
-            for layer in decoder_of(lm).layers:
-                fully_shard(layer, mesh=mesh)
-            fully_shard(module, mesh=mesh)
-            return module
+            return self._shard(module, device, compute_dtype, reshard_root=False)
         raise ValueError(f"trainer.data_parallel must be ddp or fsdp2, got {mode!r}")
+
+    def wrap_reference(
+        self, ref: torch.nn.Module | None, mode: str, device: torch.device, *, compute_dtype: torch.dtype
+    ) -> torch.nn.Module | None:
+        """The frozen KL reference: sharded like the learner under FSDP2 (it is as large), else as it is
+        (DDP has no gradients to sync for it). Its root reshards after each forward: no backward follows."""
+        if ref is None or not self.shards(mode):
+            return ref
+        return self._shard(DecoderOnly(ref), device, compute_dtype, reshard_root=True)
+
+    def _shard(
+        self, module: DecoderOnly, device: torch.device, compute_dtype: torch.dtype, *, reshard_root: bool
+    ) -> torch.nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(device.type, (self.world,))
+        policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        for layer in decoder_of(module.lm).layers:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_root)
+        return module
 
     def no_sync(self, module: torch.nn.Module, last: bool):
         """DDP: sync gradients on the last micro-batch of a step only. FSDP2: reduce-scatter on the

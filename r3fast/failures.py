@@ -38,6 +38,7 @@ class FailureSource:
         self.task, self.seed, self.tries, self.online = task, seed, tries, online
         self.rank, self.world = rank, world
         self.cursor = 0  # failures handed out (offline) or examples consumed (online)
+        self.base = 0  # where this world's deal starts in the seeded order (a resume at another world size)
         if online:
             self.pool = task.dataset(pool_size, seed=seed, split="train")
         else:
@@ -60,7 +61,7 @@ class FailureSource:
     def _take(self, k: int) -> list:
         items = []
         for _ in range(k):
-            epoch, i = divmod(self.cursor * self.world + self.rank, len(self.pool))
+            epoch, i = divmod(self.base + self.cursor * self.world + self.rank, len(self.pool))
             items.append(self.pool[self._order(epoch)[i]])
             self.cursor += 1
         return items
@@ -95,7 +96,20 @@ class FailureSource:
         return found[:k]
 
     def state_dict(self) -> dict:
-        return {"cursor": self.cursor}
+        return {"cursor": self.cursor, "base": self.base, "world": self.world}
 
     def load_state_dict(self, state: dict) -> None:
-        self.cursor = int(state["cursor"])
+        self.cursor, self.base = int(state["cursor"]), int(state.get("base", 0))
+
+    @staticmethod
+    def redeal(states: list[dict], world: int, rank: int) -> dict:
+        """This rank's cursor when a run saved by len(states) processes resumes with `world`: the same
+        state at the same world size; else a new deal that starts past every item any saved rank was
+        handed (position base + max(cursor) x saved world of the seeded order), so nothing is seen
+        twice and the deal is a pure function of the checkpoint (items that ranks with a smaller cursor
+        had not reached yet are skipped)."""
+        if len(states) == world:
+            return states[rank]
+        saved = len(states)
+        base = int(states[0].get("base", 0)) + max(int(st["cursor"]) for st in states) * saved
+        return {"cursor": 0, "base": base, "world": world}

@@ -9,19 +9,32 @@ non-finite tensor never reaches a checkpoint, `latest` or `final/`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
 from .errors import NonFiniteError
+from .model.lm import is_sharded_tensor
 
 __all__ = ["NonFiniteGuard", "weights_finite"]
 
 
-def weights_finite(model: torch.nn.Module) -> bool:
-    # One host-device sync for the whole model, not one per tensor.
-    flags = [torch.isfinite(p).all() for p in model.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
+def weights_finite(weights: torch.nn.Module | Iterable[torch.Tensor]) -> bool:
+    """Every weight (of a model, or tensors) finite. One host-device sync for all, not one per tensor;
+    FSDP2 shards are checked where they live and the verdict is all-reduced (a collective: every rank
+    calls it)."""
+    params = list(weights.parameters() if isinstance(weights, torch.nn.Module) else weights)
+    if not params:
+        return True
+    sharded = [is_sharded_tensor(p) for p in params]
+    local = [p.to_local() if s else p for p, s in zip(params, sharded)]
+    ok = torch.stack([torch.isfinite(t).all() for t in local]).all()
+    if any(sharded):
+        import torch.distributed as dist
+
+        ok = ok.to(torch.int32)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
 
 
 class NonFiniteGuard:
@@ -47,8 +60,8 @@ class NonFiniteGuard:
                 f"update; {self.kept()}. Lower optim.lr or set learner.grad_clip"
             )
 
-    def check_weights(self, model: torch.nn.Module, what: str) -> None:
-        if not weights_finite(model):
+    def check_weights(self, weights: torch.nn.Module | Iterable[torch.Tensor], what: str) -> None:
+        if not weights_finite(weights):
             raise NonFiniteError(
                 f"{what}: the weights are no longer finite (optim.lr too high?); nothing was saved from "
                 f"this point; {self.kept()}"

@@ -26,7 +26,7 @@ from .guard import NonFiniteGuard
 from .lora import reference_off
 from .loss import SpanLoss
 from .metric_schema import no_update
-from .model import is_fsdp2
+from .model import full_weight, is_fsdp2
 
 __all__ = ["IS_MODES", "NO_UPDATE", "Learner", "correction_weights"]
 
@@ -200,7 +200,7 @@ class Learner:
         row = pack_sequences([seq], max_tokens)[0].to(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         self.ref_logprobs(row)
-        out, _ = self.loss(self.model, row, plan_step([seq]))
+        out, _ = self.loss(self.module, row, plan_step([seq]))
         out.loss.backward()
         peak = torch.cuda.max_memory_reserved(self.device)
         self.optimizer.zero_grad(set_to_none=True)
@@ -249,7 +249,8 @@ class Learner:
         totals = dict(zip(keys, self.dist.sum([totals[k] for k in keys], self.device)))
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = self.grad_clip if self.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))  # global: grads are synced
+        # global: DDP grads are synced; FSDP2's norm is a DTensor over every rank's shards
+        grad_norm = float(full_weight(torch.nn.utils.clip_grad_norm_(params, clip)))
         # The NaN/Inf guard: a non-finite update leaves weights and optimiser moments as they were.
         skipped = not self.guard.finite(totals["loss"], grad_norm)
         if not skipped:

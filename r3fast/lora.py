@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
+from .model.lm import whole_weights
 
 __all__ = ["apply_lora", "head_weight", "is_lora", "merged_weights", "reference_off", "save_merged"]
 
@@ -100,9 +101,10 @@ def head_weight(model: torch.nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of every weight under the plain model's names, adapters merged in; tied
-    weights once. For a plain model these are its own parameters (no copy)."""
+    weights once. For a plain model these are its own parameters (no copy), FSDP2 shards gathered
+    one at a time (`whole_weights`)."""
     if not is_lora(model):
-        for name, p in model.named_parameters():
+        for name, p in whole_weights(model):
             yield name.replace("_orig_mod.", ""), p
         return
     base = model.get_base_model()

@@ -4,6 +4,8 @@
                                   span loss models, packed attention on, gradient checkpointing, LoRA
     build_reference(cfg, model)   the frozen copy for the KL term, or None (β = 0, or LoRA: the
                                   policy with its adapters disabled is the reference)
+    inference_copy(model, dtype)  a frozen whole copy for a sampler that must not share the learner's
+                                  module (FSDP2 shards it)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .loss import check_supported
 from .model import use_packed_attention
 from .models import load_model
 
-__all__ = ["build_policy", "build_reference"]
+__all__ = ["build_policy", "build_reference", "inference_copy"]
 
 
 def build_policy(mc: ModelConfig, device: torch.device, model=None, tokenizer=None):
@@ -45,3 +47,8 @@ def build_reference(cfg: R3Config, model: torch.nn.Module) -> torch.nn.Module | 
     if cfg.loss.beta > 0 and cfg.model.lora is None:
         return copy.deepcopy(model).eval().requires_grad_(False)
     return None
+
+
+def inference_copy(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """A frozen copy of the whole model in the serving dtype (HFSampler(own_weights=True) keeps it)."""
+    return copy.deepcopy(model).to(getattr(torch, dtype)).eval().requires_grad_(False)

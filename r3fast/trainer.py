@@ -20,6 +20,7 @@ import torch
 
 from .atomic import atomic_dir, write_text_atomic
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint_sharded import gathered_state_dict, is_sharded_checkpoint, load_sharded, save_sharded
 from .config import R3Config
 from .data import pack_step
 from .distributed import Dist
@@ -38,12 +39,13 @@ from .metrics import MetricsLogger, peak_memory_mb
 from .model_card import model_card, write_model_card
 from .models import resolve_device
 from .optim import apply_optim_changes, build_optimizer, build_scheduler
-from .policy import build_policy, build_reference
+from .policy import build_policy, build_reference, inference_copy
 from .progress import progress_bar, quiet_library_bars
 from .rollout import rollout, to_sequences
 from .rundir import check_resume_config, check_run_dir, prepare_run_dir
 from .runlock import lock_run_dir
 from .sampling import SamplingParams, build_sampler, needs_learner_bytes, sampling_params
+from .sampling.build import serving_dtype
 from .seeds import seed_for
 from .tasks.base import verify_counts
 from .validate import build_configured_task
@@ -56,7 +58,9 @@ def _build_dist(cfg: R3Config) -> tuple[Dist, torch.device]:
     run. torchrun: one process per device, each with its own share of the data and its own sampler."""
     requested = resolve_device(cfg.model.device)  # one line if this host lacks it, before any load
     check_impl_device(cfg.loss.impl, requested)
-    dist = Dist.for_loop(requested.type, cfg.trainer.data_parallel)
+    mc = cfg.model
+    dist = Dist.for_loop(requested.type, cfg.trainer.data_parallel, lora=mc.lora is not None,
+                         load_in_4bit=mc.load_in_4bit)  # fmt: skip
     return dist, dist.device(requested)
 
 
@@ -88,9 +92,18 @@ class R3Trainer:
         self.config_changes, self.lock, self.notes = self._claim_run_dir(**flags)
         self.task = build_configured_task(config.task, task)
         self.model, self.tokenizer = build_policy(config.model, self.device, model, tokenizer)
-        self.ref_model = build_reference(config, self.model)
-        # The learner's forward runs through DDP (world size > 1), which all-reduces the gradients.
-        self.module = self.dist.wrap(self.model, config.trainer.data_parallel, self.device)
+        mode, compute = config.trainer.data_parallel, getattr(torch, config.model.compute_dtype)
+        self.sharded = self.dist.shards(mode)
+        # FSDP2: the sampler never generates from the shards. HF: a whole copy of its own, taken before
+        # sharding; vLLM: its own engine. Either is refreshed from the shards after every step.
+        gen_model = self.model
+        if self.sharded:
+            hf = config.sampler.backend == "hf"
+            gen_model = inference_copy(self.model, serving_dtype(config.model)) if hf else None
+        ref = build_reference(config, self.model)
+        self.ref_model = self.dist.wrap_reference(ref, mode, self.device, compute_dtype=compute)
+        # The learner's forward runs through DDP / FSDP2 (world size > 1), which sync the gradients.
+        self.module = self.dist.wrap(self.model, mode, self.device, compute_dtype=compute)
         self.optimizer = build_optimizer(self.model.parameters(), config.optim)
         self.scheduler = build_scheduler(self.optimizer, config.optim, config.trainer.steps)
         self.loss = SpanLoss.from_config(config)
@@ -101,7 +114,10 @@ class R3Trainer:
         )  # fmt: skip
         probe = needs_learner_bytes(config, self.device)
         learner_bytes = self.learner.peak_bytes_for(config, self.tokenizer.eos_token_id) if probe else None
-        self.sampler = build_sampler(config, self.model, self.tokenizer, learner_bytes=learner_bytes)
+        self.sampler = build_sampler(config, gen_model, self.tokenizer, learner_bytes=learner_bytes,
+                                     own_weights=self.sharded)  # fmt: skip
+        if self.sharded:
+            self.sampler.sync_weights(self.model)  # vLLM built from the copy too: the learner's weights rule
         self.source = FailureSource.from_config(config, self.task, rank=self.dist.rank, world=self.dist.world)
         # sampling seeds: the run's own at world size 1, one stream per rank beyond
         seed = config.trainer.seed
@@ -131,7 +147,16 @@ class R3Trainer:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             return 0, False
-        state = load_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        parts = dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        if is_sharded_checkpoint(ckpt):  # FSDP2's, loaded at this world size (DCP reshards)
+            state = load_sharded(ckpt, **parts, dist=self.dist)
+        elif self.sharded:
+            raise UserError(
+                f"--resume: {ckpt} holds whole weights (a ddp or single-process run) and this run shards "
+                "them (trainer.data_parallel=fsdp2): resume it with trainer.data_parallel=ddp"
+            )
+        else:
+            state = load_checkpoint(ckpt, **parts)
         self.source.load_state_dict(self._own_source_state(state))
         self.guard.load_state_dict(state.get("guard", {}))
         if any(k.startswith("optim.") for k, _, _ in self.config_changes):
@@ -159,14 +184,14 @@ class R3Trainer:
             self.lock = None
 
     def _own_source_state(self, state: dict) -> dict:
-        """This rank's failure cursor from a checkpoint (written by a run with the same world size)."""
+        """This rank's failure cursor from a checkpoint; one saved at another world size is re-dealt
+        (`FailureSource.redeal`), with a note that the step's batch follows the world size."""
         sources = state.get("sources", [state.get("source")])
-        if len(sources) != self.dist.world:
-            raise UserError(
-                f"--resume: the checkpoint was written by {len(sources)} process(es); resume it with "
-                f"--nproc-per-node {len(sources)} (this run has {self.dist.world})"
-            )
-        return sources[self.dist.rank]
+        if len(sources) != self.dist.world and self.dist.is_main:
+            print(f"resume: saved by {len(sources)} process(es), continued by {self.dist.world}: the failure "
+                  f"order is re-dealt, and a step now takes {self.dist.world} x data.failures_per_step "
+                  "failures", flush=True)  # fmt: skip
+        return FailureSource.redeal(sources, self.dist.world, self.dist.rank)
 
     def _params(self, *, reflection: bool, seed: int | None) -> SamplingParams:
         return sampling_params(self.cfg.sampler, reflection=reflection, seed=seed)
@@ -278,15 +303,11 @@ class R3Trainer:
     # ---------------------------------------------------------------- the loop
 
     def save(self) -> Path | None:
-        """A checkpoint (rank 0 writes it, holding every rank's failure cursor); None on other ranks."""
+        """A checkpoint holding every rank's failure cursor: whole weights written by rank 0 (None on
+        the others), or under FSDP2 every rank's shards (r3fast.checkpoint_sharded)."""
         self.guard.check_weights(self.model, f"checkpoint at step {self.step}")
         sources = self.dist.gather(self.source.state_dict())
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return None
-        path = save_checkpoint(
-            self.run_dir,
-            self.step,
+        parts = dict(
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
@@ -300,18 +321,22 @@ class R3Trainer:
                 "config": self.cfg.to_dict(),
             },
         )
+        if self.sharded:
+            return save_sharded(self.run_dir, self.step, **parts, dist=self.dist)
+        path = save_checkpoint(self.run_dir, self.step, **parts) if self.dist.is_main else None
         self.dist.barrier()
         return path
 
-    def export(self) -> Path:
-        """The final model as a plain HF directory: `r3fast eval --model <run>/final` loads it."""
-        self.guard.check_weights(self.model, "final export")
+    def export(self, whole: dict[str, torch.Tensor] | None = None) -> Path:
+        """The final model as a plain HF directory: `r3fast eval --model <run>/final` loads it.
+        whole: under FSDP2, the weights gathered on rank 0 (`gathered_state_dict`)."""
         dest = self.run_dir / "final"
+        self.guard.check_weights(self.model if whole is None else whole.values(), "final export")
         with atomic_dir(dest) as tmp:
             if is_lora(self.model):  # merged weights (plain from_pretrained), the adapter in final/adapter
                 save_merged(self.model, tmp, self.tokenizer)
             else:
-                self.model.save_pretrained(tmp)
+                self.model.save_pretrained(tmp, state_dict=whole)
                 self.tokenizer.save_pretrained(tmp)
             write_model_card(tmp, self.cfg.to_dict(), task_name=self._task_name())  # effect: after evals
         return dest
@@ -379,15 +404,16 @@ class R3Trainer:
                 cb(self.step, metrics)
         bar.close()
         self.save()
-        summary = self._on_main(lambda: self._finish(vanilla, t_start), {"steps": self.step})
-        if self.dist.enabled:  # the DDP / FSDP2 wrapper holds the process group: gone before it is
-            self.module = self.learner.module = None
+        whole = gathered_state_dict(self.model) if self.sharded else None  # collective; rank 0 holds it
+        summary = self._on_main(lambda: self._finish(vanilla, t_start, whole), {"steps": self.step})
+        if self.dist.enabled:  # the DDP / FSDP2 wrappers hold the process group: gone before it is
+            self.module = self.learner.module = self.ref_model = self.learner.ref_model = None
         self.dist.close()
         return summary
 
-    def _finish(self, vanilla: dict[str, EvalResult], t_start: float) -> dict:
+    def _finish(self, vanilla: dict[str, EvalResult], t_start: float, whole: dict | None) -> dict:
         """Rank 0, after the last step: final/, the trained model's evaluations, effect and report."""
-        final = self.export()
+        final = self.export(whole)
         trained = self._final_evals("trained")
         self.logger.close()
         summary = {"steps": self.step, "final_model": str(final), "seconds": time.perf_counter() - t_start}

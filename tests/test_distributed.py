@@ -26,6 +26,7 @@ from tests.conftest import tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 512
+CLIP = 0.05
 
 
 def free_port() -> int:
@@ -47,26 +48,28 @@ def sequences() -> list[TrainSequence]:
     return out
 
 
-def learn(seqs, loss_type: str, dist: Dist, mode: str, steps: int = 2) -> tuple[dict, list[float]]:
+def learn(seqs, loss_type: str, dist: Dist, mode: str, steps: int = 3) -> tuple[dict, list[float]]:
     """Weights after `steps` learner steps over `seqs` (this rank's share), gathered in full, and the
-    step losses. SGD, so that a weight's error is lr x its gradient's (AdamW divides by |g|)."""
+    step losses. SGD, so that a weight's error is lr x its gradient's (AdamW divides by |g|); a clip
+    below the gradients' norm, so the global norm over every rank's shards decides each update."""
     model = use_packed_attention(tiny_llama(VOCAB, seed=5))
     ref = tiny_llama(VOCAB, seed=5)
     use_packed_attention(ref).eval().requires_grad_(False)
+    ref = dist.wrap_reference(ref, mode, torch.device("cpu"), compute_dtype=torch.float32)  # FSDP2: sharded
     module = dist.wrap(model, mode, torch.device("cpu"))
     loss = SpanLoss(
         LossConfig(loss_type=loss_type, beta=0.04, impl="torch"), temperature=0.9, max_span_tokens=9
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     learner = Learner(model=model, ref_model=ref, loss=loss, optimizer=opt, guard=NonFiniteGuard(3),
-                      device=torch.device("cpu"), grad_clip=1.0, dist=dist, module=module)  # fmt: skip
+                      device=torch.device("cpu"), grad_clip=CLIP, dist=dist, module=module)  # fmt: skip
     losses = []
     for step in range(steps):
         plan, rows = (None, [])
         if seqs:
             plan, rows = pack_step(seqs, max_tokens=40, shared_prefix=False, seed=0, step=step)
         m = learner.step(plan, rows)
-        assert m["updates"] == 1
+        assert m["updates"] == 1 and m["grad_norm"] > CLIP, m  # clipped: the norm is global
         losses.append(m["loss"])
     return losses, {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
             for n, p in model.named_parameters()}  # fmt: skip
@@ -114,17 +117,26 @@ def run_torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.Compl
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
 
 
-def test_torchrun_trains_end_to_end_and_resumes_with_the_same_world(tmp_path, smol_tokenizer):
-    model_dir = tmp_path / "tiny"
-    tiny_llama(len(smol_tokenizer), seed=1).save_pretrained(model_dir)
-    smol_tokenizer.save_pretrained(model_dir)
-    run = tmp_path / "run"
-    base = ["--preset", "countdown-demo", "--model.name", str(model_dir), "--trainer.output_dir", str(run),
-            "--trainer.steps", "2", "--eval.n", "4", "--checkpoint.every", "1",
+def loop_args(model_dir: Path, run: Path, steps: int = 2, every: int = 1) -> list[str]:
+    """The README's demo at tiny size, on the HF sampler."""
+    return ["--preset", "countdown-demo", "--model.name", str(model_dir), "--trainer.output_dir", str(run),
+            "--trainer.steps", str(steps), "--eval.n", "4", "--checkpoint.every", str(every),
             "--data.failures_per_step", "2", "--rollout.group_size", "2", "--sampler.max_answer_tokens", "6",
             "--sampler.max_reflection_tokens", "6", "--metrics.progress", "false",
             "--metrics.tensorboard", "false", "--data.mine_tries", "1", "--sampler.backend", "hf",
             "--eval.every", "0"]  # fmt: skip
+
+
+def tiny_model_dir(tmp_path: Path, tokenizer) -> Path:
+    model_dir = tmp_path / "tiny"
+    tiny_llama(len(tokenizer), seed=1).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def test_torchrun_trains_end_to_end_and_resumes_at_another_world_size(tmp_path, smol_tokenizer):
+    run = tmp_path / "run"
+    base = loop_args(tiny_model_dir(tmp_path, smol_tokenizer), run)
     p = run_torchrun(base, tmp_path)
     assert p.returncode == 0, p.stderr[-4000:]
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -138,5 +150,9 @@ def test_torchrun_trains_end_to_end_and_resumes_with_the_same_world(tmp_path, sm
     assert p.returncode == 0, p.stderr[-4000:]
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
+    # one process continues a two-process run: the failure order re-dealt, said on the screen
     p = run_torchrun([*base, "--trainer.steps", "4", "--resume"], tmp_path, nproc=1)
-    assert p.returncode != 0 and "resume it with --nproc-per-node 2" in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "saved by 2 process(es), continued by 1" in p.stdout, p.stdout[-2000:]
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4] and metrics[-1]["groups"] == 2

@@ -2,7 +2,7 @@
 
 from .attention import ATTN_NAME, BACKENDS, available_backends, select_backend, use_packed_attention
 from .forward import forward_hidden
-from .lm import DecoderOnly, decoder_of, full_weight, is_fsdp2, unwrap
+from .lm import DecoderOnly, decoder_of, full_weight, is_fsdp2, is_sharded_tensor, unwrap, whole_weights
 
 __all__ = [
     "ATTN_NAME",
@@ -13,7 +13,9 @@ __all__ = [
     "forward_hidden",
     "full_weight",
     "is_fsdp2",
+    "is_sharded_tensor",
     "select_backend",
     "unwrap",
     "use_packed_attention",
+    "whole_weights",
 ]

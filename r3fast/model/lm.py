@@ -7,9 +7,19 @@ lm_head weight from the causal LM itself: `unwrap` gives that LM back from whate
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-__all__ = ["DecoderOnly", "decoder_of", "full_weight", "is_fsdp2", "unwrap"]
+__all__ = [
+    "DecoderOnly",
+    "decoder_of",
+    "full_weight",
+    "is_fsdp2",
+    "is_sharded_tensor",
+    "unwrap",
+    "whole_weights",
+]
 
 
 def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -46,8 +56,21 @@ def is_fsdp2(module: torch.nn.Module) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def full_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A parameter as one tensor: an FSDP2-sharded DTensor is all-gathered (its grad reduce-scatters)."""
+def is_sharded_tensor(t: torch.Tensor) -> bool:
+    """An FSDP2 shard (a DTensor) rather than a whole tensor."""
     from torch.distributed.tensor import DTensor
 
-    return weight.full_tensor() if isinstance(weight, DTensor) else weight
+    return isinstance(t, DTensor)
+
+
+def full_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A parameter as one tensor: an FSDP2-sharded DTensor is all-gathered (its grad reduce-scatters)."""
+    return weight.full_tensor() if is_sharded_tensor(weight) else weight
+
+
+def whole_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, whole tensor) of every parameter (tied ones once), detached. FSDP2 shards are gathered
+    one parameter at a time as the caller consumes them, so at most one whole parameter beyond the
+    shards is alive; every rank must consume the same names in the same order (each is a collective)."""
+    for name, p in model.named_parameters():
+        yield name, full_weight(p.detach())

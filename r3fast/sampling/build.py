@@ -33,16 +33,23 @@ def needs_learner_bytes(cfg: R3Config, device: torch.device) -> bool:
 
 
 def build_sampler(
-    cfg: R3Config, model=None, tokenizer=None, *, learner_bytes: int | None = None, **vllm_options: Any
+    cfg: R3Config,
+    model=None,
+    tokenizer=None,
+    *,
+    learner_bytes: int | None = None,
+    own_weights: bool = False,
+    **vllm_options: Any,
 ) -> Sampler:
-    """hf: generate with `model` itself (nothing to copy); vllm: its own engine for `cfg.model.name`,
+    """hf: generate with `model` itself (nothing to copy; own_weights: `model` is the sampler's own
+    copy, which `sync_weights` refreshes); vllm: its own engine for `cfg.model.name`,
     given `model`'s weights when one is passed; vllm_options override VLLMSampler's arguments. vLLM
     raises VLLMUnavailableError with the reason when it cannot run: no fall-back to HF."""
     s = cfg.sampler
     if s.backend == "hf":
         if model is None or tokenizer is None:
             raise ValueError("sampler.backend=hf generates with the model: pass model= and tokenizer=")
-        return HFSampler(model, tokenizer, max_batch_size=s.max_batch_size)
+        return HFSampler(model, tokenizer, max_batch_size=s.max_batch_size, own_weights=own_weights)
     # this process's GPU only (under torchrun, touching the others would put a context on each)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     options = dict(

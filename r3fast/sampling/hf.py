@@ -1,6 +1,8 @@
 """`HFSampler`: the Sampler contract on top of transformers' `generate` (CPU and CUDA).
 
-Shares the learner's module, so `sync_weights` has nothing to copy. Per-token log-probs are
+Shares the learner's module, so `sync_weights` has nothing to copy; under FSDP2 it generates from a
+whole-weights copy of its own (`own_weights=True`: ranks generate different lengths, and sharded
+weights would make every token a collective), refreshed by `sync_weights`. Per-token log-probs are
 taken under `logits / temperature` (before top-p) by a logits processor that runs ahead of
 the sampling warpers, so no `[steps, B, V]` score tensor is ever kept.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from ..model.lm import whole_weights
 from .base import Completion, SamplingParams
 
 __all__ = ["HFSampler"]
@@ -43,17 +46,32 @@ class _LogprobRecorder(LogitsProcessor):
 class HFSampler:
     """Batched sampling with `model.generate`: left padding, n samples per prompt, seeded."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, max_batch_size: int = 64) -> None:
-        self.model = model
+    def __init__(
+        self, model: torch.nn.Module, tokenizer, *, max_batch_size: int = 64, own_weights: bool = False
+    ) -> None:
+        """own_weights: `model` is this sampler's own copy; `sync_weights` copies the learner's
+        (gathered from its FSDP2 shards) into it instead of taking the learner's module."""
+        self.model, self.own_weights = model, own_weights
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = tokenizer.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
 
-    # The learner and this sampler share one module: nothing to copy, nothing to free.
     def sync_weights(self, model: torch.nn.Module) -> None:
-        self.model = model
+        """Shared module: take it (nothing to copy). Own copy: every weight streamed in, one gathered
+        parameter at a time (a collective per parameter under FSDP2: every rank calls this)."""
+        if not self.own_weights:
+            self.model = model
+            return
+        mine = dict(self.model.named_parameters())
+        names = set()
+        with torch.no_grad():
+            for name, t in whole_weights(model):
+                mine[name].copy_(t)
+                names.add(name)
+        if names != set(mine):
+            raise RuntimeError(f"sync_weights: the learner lacks {sorted(set(mine) - names)[:5]}")
 
     def sleep(self) -> None:
         pass
