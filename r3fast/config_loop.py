@@ -43,11 +43,15 @@ class EvalConfig(_Section):
     """Measure a small fixed held-out set every this many steps (0: never); logged and plotted."""
     every_n: int = field(default=16, metadata=FREE_ON_RESUME)
     """Size of that periodic held-out set."""
+    problems_seed: int = 0
+    """Seed of the held-out problem draw, apart from trainer.seed: runs over several trainer seeds
+    are measured on the same problems (their sampling draws still follow trainer.seed)."""
 
     def _check(self) -> None:
         self._need("n", self.n >= 0, ">= 0")
         self._need("every", self.every >= 0, ">= 0")
         self._need("every_n", self.every_n >= 1, ">= 1")
+        self._need("problems_seed", 0 <= self.problems_seed < 2**63, "in [0, 2**63)")
         self._need("temperatures", bool(self.temperatures) and min(self.temperatures) >= 0,
                    "a non-empty list of temperatures >= 0")  # fmt: skip
 

@@ -104,7 +104,9 @@ def evaluate(
         )
         for i, r, s in zip(failed, refl, retries):
             ex = records[i]["example"]
-            records[i].update(reflection=r[0].text, second_try=s[0], second_ok=bool(task.verify(ex, s[0])))
+            records[i].update(reflection=r[0].text, reflection_tokens=len(r[0].token_ids),
+                              reflection_truncated=r[0].finish_reason == "length", second_try=s[0],
+                              second_ok=bool(task.verify(ex, s[0])))  # fmt: skip
     first = sum(r["first_ok"] for r in records)
     second = first + sum(r.get("second_ok", False) for r in records)
     return EvalResult(
@@ -128,7 +130,7 @@ def evaluate_as_trained(
     progress: bool | None = None,
 ) -> EvalResult:
     """The run's evaluation protocol, the one `R3Trainer` and `r3fast eval` share: the first n
-    (default eval.n) examples of `split` drawn with trainer.seed, answers and reflections
+    (default eval.n) examples of `split` drawn with eval.problems_seed, answers and reflections
     seeded from their own `seed_for` streams, the sampler section's caps, top_p and chunk size, the
     task's reflection prompt; temperature: default the headline decoding (0 is greedy)."""
     t, s, e = cfg.trainer, cfg.sampler, cfg.eval
@@ -138,7 +140,7 @@ def evaluate_as_trained(
         sampler,
         tokenizer,
         task,
-        task.dataset(n, seed=t.seed, split=split),
+        task.dataset(n, seed=e.problems_seed, split=split),
         answer_params=sampling_params(s, reflection=False, seed=seed_for(t.seed, "eval-answer"),
                                       temperature=temperature),
         reflection_params=sampling_params(s, reflection=True, seed=seed_for(t.seed, "eval-reflect"),

@@ -13,6 +13,7 @@ from .logging_setup import LOG_FILE
 from .metrics import read_metrics
 from .model_card import write_model_card
 from .report import PLOTS, write_report
+from .report_examples import reflection_examples, reflection_lengths
 from .rundir import ARTEFACTS
 
 __all__ = ["run_artefacts", "write_run_outputs"]
@@ -42,6 +43,12 @@ def write_run_outputs(
 ) -> dict:
     """The run's summary (also written as summary.json), given its final model and evaluations."""
     effects = {k: effect(vanilla[k], trained[k]) for k in vanilla}
+    writing = []
+    if effects:  # the headline decoding's reflections, vanilla vs trained
+        head = next(iter(vanilla))
+        writing = reflection_lengths(vanilla[head], trained[head]) + reflection_examples(
+            vanilla[head], trained[head]
+        )
     if effects:
         for k in vanilla:
             print(format_eval_table({f"vanilla {k}": vanilla[k], f"trained {k}": trained[k]}))
@@ -54,6 +61,7 @@ def write_run_outputs(
         metrics=read_metrics(metrics_path),
         config=config,
         seconds=summary["seconds"],
+        writing=writing,
     )
     summary["report"] = str(report)
     write_model_card(final, config, task_name=task_name, effects=effects, repo_id=push_to_hub)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .effect import effect_table
 from .metric_schema import METRICS
+from .stats import wilson
 
 __all__ = ["plot_metrics", "write_report"]
 
@@ -21,7 +22,7 @@ PLOTS = {
 
 # One figure, panels side by side: the held-out curve next to what training saw.
 CURVES = (
-    (("eval_first_try", "eval_second_try"), "held-out accuracy (eval_every)"),
+    (("eval_first_try", "eval_second_try"), "held-out accuracy, 95 % intervals (0: vanilla)"),
     (("reward_mean", "frac_groups_with_signal"), "training: retry success, groups with signal"),
     (("reflection_truncated_frac",), "reflections cut at the length cap"),
 )
@@ -32,12 +33,44 @@ def _series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
     return [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
 
 
-def plot_curves(metrics: list[dict], path: Path, plt) -> bool:
-    if not any(_series(metrics, k) for keys, _ in CURVES for k in keys):
+def _held_out(metrics: list[dict], effects: dict[str, dict] | None, every_n: int | None) -> dict:
+    """The held-out curve, 1st and 2nd try: (step, accuracy, lo, hi) points. Step 0 is the vanilla
+    model and the last step the trained one, both from the final report's evaluations (eval.n
+    problems); the periodic points (eval.every, eval.every_n problems) sit between, each with its
+    95 % Wilson interval."""
+    head = next(iter(effects.values())) if effects else None
+    last = max((m["step"] for m in metrics), default=0)
+    out = {}
+    for key, side in (("eval_first_try", "first"), ("eval_second_try", "second")):
+        pts = []
+        if head is not None:
+            pts.append((0, head[f"vanilla_{side}"], *head[f"vanilla_{side}_ci"]))
+        for step, acc in _series(metrics, key):
+            if head is None or step != last:
+                lo, hi = wilson(round(acc * every_n), every_n) if every_n else (acc, acc)
+                pts.append((step, acc, lo, hi))
+        if head is not None:
+            pts.append((last, head[f"trained_{side}"], *head[f"trained_{side}_ci"]))
+        out[key] = pts
+    return out
+
+
+def plot_curves(
+    metrics: list[dict], path: Path, plt, effects: dict[str, dict] | None = None, every_n: int | None = None
+) -> bool:
+    held = _held_out(metrics, effects, every_n)
+    if not any(held.values()) and not any(_series(metrics, k) for keys, _ in CURVES[1:] for k in keys):
         return False
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
     for ax, (keys, title) in zip(axes, CURVES):
         for key in keys:
+            if key in held:
+                pts = held[key]
+                if pts:
+                    steps, acc, lo, hi = zip(*pts)
+                    err = [[a - b for a, b in zip(acc, lo)], [b - a for a, b in zip(acc, hi)]]
+                    ax.errorbar(steps, acc, yerr=err, marker="o", ms=3, capsize=3, label=key)
+                continue
             pts = _series(metrics, key)
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=key)
@@ -45,14 +78,20 @@ def plot_curves(metrics: list[dict], path: Path, plt) -> bool:
         ax.set_xlabel("step")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def plot_metrics(metrics: list[dict], out_dir: str | Path) -> list[Path]:
+def plot_metrics(
+    metrics: list[dict],
+    out_dir: str | Path,
+    effects: dict[str, dict] | None = None,
+    every_n: int | None = None,
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -61,7 +100,7 @@ def plot_metrics(metrics: list[dict], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     written = (
         [out_dir / "learning_curves.png"]
-        if plot_curves(metrics, out_dir / "learning_curves.png", plt)
+        if plot_curves(metrics, out_dir / "learning_curves.png", plt, effects, every_n)
         else []
     )
     for name, (keys, title) in PLOTS.items():
@@ -93,13 +132,16 @@ def write_report(
     metrics: list[dict],
     config: dict,
     seconds: float,
+    writing: list[str] | None = None,
 ) -> Path:
+    """writing: markdown lines on what the model writes (r3fast.report_examples), after the table."""
     run_dir = Path(run_dir)
-    plots = plot_metrics(metrics, run_dir)
+    plots = plot_metrics(metrics, run_dir, effects, (config.get("eval") or {}).get("every_n"))
     lines = [f"# {title}", ""]
     if effects:
         lines += ["Held-out accuracy, vanilla vs trained, on the same problems:", ""]
         lines += [effect_table(effects), ""]
+    lines += writing or []
     if metrics:
         last = metrics[-1]
         keys = [m.key for m in METRICS.values() if m.report]

@@ -7,7 +7,7 @@ import math
 import random
 from collections.abc import Sequence
 
-__all__ = ["bootstrap_mean", "paired_bootstrap", "wilson"]
+__all__ = ["bootstrap_mean", "paired_bootstrap", "seeds_bootstrap", "wilson"]
 
 Z95 = 1.959963984540054
 
@@ -50,3 +50,21 @@ def paired_bootstrap(
     d = [y - x for x, y in zip(a, b)]
     mean = sum(d) / len(d) if d else 0.0
     return (mean, *bootstrap_mean(d, resamples=resamples, level=level, seed=seed))
+
+
+def seeds_bootstrap(
+    diffs: Sequence[Sequence[float]], *, resamples: int = 10_000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean, lo, hi) of a gap measured per seed on the same problems (diffs[s][i]: seed s, problem i):
+    each resample draws the seeds and the problems with replacement (one problem draw shared by the
+    seeds, as they share the problems), so the interval carries both sources of variation."""
+    s, n = len(diffs), len(diffs[0]) if diffs else 0
+    if s == 0 or n == 0 or any(len(d) != n for d in diffs):
+        raise ValueError("need at least one seed, each with the same non-zero number of problems")
+    mean = sum(map(sum, diffs)) / (s * n)
+    rng, stats = random.Random(seed), []
+    for _ in range(resamples):
+        seeds = [diffs[rng.randrange(s)] for _ in range(s)]
+        idx = [rng.randrange(n) for _ in range(n)]
+        stats.append(sum(d[i] for d in seeds for i in idx) / (s * n))
+    return (mean, *_quantiles(stats, level))

@@ -94,3 +94,53 @@ def test_bench_memory_tiny(tmp_path):
     assert lora["reference_mb"] == 0  # adapters disabled, never a copy
     assert lora["grads_mb"] < full["grads_mb"] / 5 and lora["optimizer_mb"] < full["optimizer_mb"] / 5
     assert ckpt["activations_mb"] < lora["activations_mb"]  # what checkpointing trades for recompute
+
+
+def test_bench_memory_ranks_tiny(tmp_path):
+    """Two gloo ranks per mode: the accounting that computes the 7B rows equals what a live rank holds
+    (the script exits non-zero otherwise); FSDP2 halves weights, grads, moments and the reference."""
+    out = tmp_path / "ranks.json"
+    script("bench_memory_ranks.py", "--models", "tiny", "--worlds", "1", "2", "--out", str(out))
+    d = json.loads(out.read_text())
+    ranks = d["measured_2_ranks"]
+    ddp, fsdp2 = ranks["tiny/ddp"]["measured"], ranks["tiny/fsdp2"]["measured"]
+    for k in ("weights", "grads", "optimizer", "reference"):
+        assert fsdp2[k] == pytest.approx(ddp[k] / 2, rel=0.02), k  # dim-0 chunks: rank 0's may round up
+    assert ddp["sampler"] == 0 and fsdp2["sampler"] == ddp["weights"]  # FSDP2's HF sampler: a whole copy
+    seven = [r for r in d["computed"] if r["model"] == "qwen2.5-7b" and r["setting"] == "full"]
+    total = {(r["mode"], r["world"]): r["total_gib"] for r in seven}
+    assert total[("ddp", 2)] == total[("ddp", 1)] > 112  # replicated: ~16 bytes a parameter on every rank
+    assert total[("fsdp2", 2)] < 0.6 * total[("ddp", 2)]
+
+
+def _seed_run(root: Path, seed: int, trained_right: int, n: int = 40) -> Path:
+    run = root / f"seed{seed}"
+    run.mkdir()
+    cfg = {"trainer": {"seed": seed, "output_dir": str(run)}, "optim": {"lr": 2e-5}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    for side, right in (("vanilla", 10), ("trained", trained_right)):
+        recs = [{"example": {"i": i}, "first_ok": i < right, "second_ok": i < right + 5} for i in range(n)]
+        summary = {"n": n, "first_try_correct": right, "second_try_correct": min(n, right + 5),
+                   "seconds": 1.0}  # fmt: skip
+        (run / f"eval_{side}_T0.9.json").write_text(json.dumps({"summary": summary, "records": recs}))
+    (run / "r3_effect.json").write_text(json.dumps({"wall_seconds": 60.0, "versions": {"torch": "x"}}))
+    return run
+
+
+def test_r3_effect_seeds_view(tmp_path):
+    runs = [_seed_run(tmp_path, s, right) for s, right in ((0, 14), (1, 18), (2, 22))]
+    out, md = tmp_path / "seeds.json", tmp_path / "seeds.md"
+    script("r3_effect_table.py", "--seeds", *map(str, runs), "--seeds-json", str(out), "--md", str(md))
+    d = json.loads(out.read_text())
+    assert d["seeds"] == [0, 1, 2] and set(d["per_seed"]) == {"0", "1", "2"}
+    pooled = d["pooled"]["T=0.9"]["diff_first"]
+    assert pooled["mean"] == pytest.approx((4 + 8 + 12) / 3 / 40)
+    assert (pooled["min"], pooled["max"]) == (pytest.approx(0.1), pytest.approx(0.3))
+    lo, hi = pooled["ci"]
+    assert lo < pooled["mean"] < hi and pooled["every_seed_ci_above_0"]
+    assert "pooled" in md.read_text()
+    (runs[2] / "config.json").write_text(json.dumps({"trainer": {"seed": 2}, "optim": {"lr": 1e-5}}))
+    argv = [sys.executable, str(BENCH / "r3_effect_table.py"), "--seeds", *map(str, runs),
+            "--seeds-json", str(out), "--md", str(md)]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True)
+    assert r.returncode != 0 and "more than trainer.seed" in r.stderr

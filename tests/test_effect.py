@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from r3fast.effect import effect, effect_table
@@ -55,3 +57,21 @@ def test_different_problems_are_refused():
     b.records[0]["example"] = {"i": 99}
     with pytest.raises(ValueError, match="same examples"):
         effect(a, b)
+
+
+def test_seeds_bootstrap_carries_both_sources_of_variation():
+    from r3fast.stats import paired_bootstrap, seeds_bootstrap
+
+    rng = random.Random(3)
+    problems = [float(rng.random() < 0.3) for _ in range(200)]
+    same = [problems] * 3  # three identical seeds: only the problems vary
+    mean, lo, hi = seeds_bootstrap(same, resamples=2000)
+    _, plo, phi = paired_bootstrap([0.0] * 200, problems, resamples=2000)
+    assert mean == pytest.approx(sum(problems) / 200)
+    assert hi - lo == pytest.approx(phi - plo, rel=0.25)
+    spread = [[x + off for x in problems] for off in (-0.2, 0.0, 0.2)]  # seeds that disagree
+    _, slo, shi = seeds_bootstrap(spread, resamples=2000)
+    assert shi - slo > 1.5 * (hi - lo)
+    assert seeds_bootstrap([[0.5] * 10] * 4, resamples=100)[1:] == (0.5, 0.5)
+    with pytest.raises(ValueError):
+        seeds_bootstrap([[1.0], [1.0, 0.0]])
