@@ -6,6 +6,7 @@ failure cursors are re-dealt deterministically at another world size."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -84,6 +85,29 @@ def test_fsdp2_loop_runs_end_to_end_with_sharded_checkpoints(straight):
     assert any(not torch.equal(final[k], init[k]) for k in final), "the run did not train"
 
 
+def job_pids(root: int) -> list[int]:
+    """`root` and every process below it, read from /proc. torchrun starts each worker in a session
+    of its own, so killing the launcher's process group would leave the workers running."""
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:  # the task ended meanwhile
+                pass
+    return pids
+
+
+def gone(pid: int) -> bool:
+    """Ended (reaped, or a zombie: its files, flocks included, are closed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def test_fsdp2_kill9_then_resume_is_bit_identical(straight, tmp_path, seed):
     model_dir, run_a = straight
     run = tmp_path / "killed"
@@ -98,8 +122,16 @@ def test_fsdp2_kill9_then_resume_is_bit_identical(straight, tmp_path, seed):
     while not (latest.is_file() and latest.read_text() == f"step_{k:08d}"):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    pids = job_pids(proc.pid)  # the whole job at once, as a node failure would end it
+    assert len(pids) >= 3, pids  # the launcher and both ranks
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 60
+    while not all(map(gone, pids)):
+        assert time.monotonic() < deadline, [p for p in pids if not gone(p)]
+        time.sleep(0.05)
     p = run_torchrun([*args, "--resume"], tmp_path)
     assert p.returncode == 0, p.stderr[-4000:]
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()][-1] == 3
