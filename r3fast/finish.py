@@ -26,7 +26,7 @@ def run_artefacts(eval_temperatures: list[float]) -> list[str]:
         for who in ("vanilla", "trained")
         for t in eval_temperatures
     ]
-    return [*ARTEFACTS, *evals, *PLOTS, "learning_curves.png", LOG_FILE]
+    return [*ARTEFACTS, *evals, *PLOTS, "learning_curves.png", "phases.png", LOG_FILE]
 
 
 def write_run_outputs(

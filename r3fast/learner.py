@@ -27,6 +27,7 @@ from .lora import reference_off
 from .loss import SpanLoss
 from .metric_schema import no_update
 from .model import full_weight, is_fsdp2
+from .phases import phase
 
 __all__ = ["IS_MODES", "NO_UPDATE", "Learner", "correction_weights"]
 
@@ -150,9 +151,14 @@ class Learner:
         rows = [r.to(self.device) for r in rows]
         rows += [self._empty_row() for _ in range(self._rows_needed(len(rows)))]
         self.model.train()
-        ref = [self.ref_logprobs(r) for r in rows]
+        tokens = sum(r.num_tokens for r in rows)
+        with phase("reference") as p:
+            ref = [self.ref_logprobs(r) for r in rows]
+            p.tokens += tokens if ref[0] is not None else 0
         need_old = self.num_iterations > 1 or self.is_correction != "none"
-        old = [self.loss.logprobs(self.module, r) if need_old else None for r in rows]
+        with phase("old_logprobs") as p:
+            old = [self.loss.logprobs(self.module, r) if need_old else None for r in rows]
+            p.tokens += tokens if need_old else 0
         weights, stats = self._correct(rows, old)
         skipped = 0
         for _ in range(self.num_iterations):
@@ -233,18 +239,26 @@ class Learner:
         totals = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0, "span": 0, "tokens": 0}
         scale = self.loss.micro_batch_scale(n_rows)
         backend = ""
-        for i, (row, r, o, w) in enumerate(zip(rows, ref, old, weights, strict=True)):
-            with self.dist.no_sync(self.module, last=i == len(rows) - 1):
-                out, backend = self.loss(self.module, row, plan, ref_logp=r, old_logp=o, is_weights=w)
-                # × world: DDP / FSDP2 average gradients over ranks; the step's loss is their sum
-                (out.loss * (scale * self.dist.world)).backward()
-            m = int(row.span_mask.sum())  # host-device sync, once per row
-            totals["loss"] += float(out.loss.detach()) * scale
-            totals["kl"] += float(out.kl.sum())
-            totals["clip"] += float(out.clip_frac) * m
-            totals["entropy"] += float(out.entropy.sum())
-            totals["span"] += m
-            totals["tokens"] += row.num_tokens
+        with phase("forward_backward") as p:
+            for i, (row, r, o, w) in enumerate(zip(rows, ref, old, weights, strict=True)):
+                with self.dist.no_sync(self.module, last=i == len(rows) - 1):
+                    out, backend = self.loss(self.module, row, plan, ref_logp=r, old_logp=o, is_weights=w)
+                    # × world: DDP / FSDP2 average gradients over ranks; the step's loss is their sum
+                    (out.loss * (scale * self.dist.world)).backward()
+                m = int(row.span_mask.sum())  # host-device sync, once per row
+                totals["loss"] += float(out.loss.detach()) * scale
+                totals["kl"] += float(out.kl.sum())
+                totals["clip"] += float(out.clip_frac) * m
+                totals["entropy"] += float(out.entropy.sum())
+                totals["span"] += m
+                totals["tokens"] += row.num_tokens
+            p.tokens += totals["tokens"]
+        with phase("optimizer"):
+            metrics = self._apply(totals, n_rows, backend)
+        return metrics
+
+    def _apply(self, totals: dict, n_rows: int, backend: str) -> dict:
+        """The step's totals over ranks, the global-norm clip, and the guarded optimiser step."""
         keys = list(totals)
         totals = dict(zip(keys, self.dist.sum([totals[k] for k in keys], self.device)))
         params = [p for p in self.model.parameters() if p.grad is not None]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["METRICS", "Metric", "check_keys", "no_update", "reduce_over_ranks", "rollout_keys"]
+__all__ = ["METRICS", "PHASES", "Metric", "check_keys", "no_update", "reduce_over_ranks", "rollout_keys"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,32 @@ class Metric:
 def _learner(key: str, meaning: str, unit: str, within: str, **kw: Any) -> Metric:
     """A learner metric: all-reduced inside the learner, so every rank holds the step's value."""
     return Metric(key, meaning, unit, "learner", "rank0", within, **kw)
+
+
+# Where a step's time goes (r3fast.phases): name -> (what it covers, what its tokens count).
+PHASES: dict[str, tuple[str, str]] = {
+    "mine": ("online mining: first attempts and their verification", "answer tokens generated"),
+    "reflect": ("reflection generation", "reflection tokens generated"),
+    "retry": ("retry generation", "retry tokens generated"),
+    "verify": ("verifying the retries", "verify calls"),
+    "pack": ("episodes to packed rows", "tokens packed"),
+    "reference": ("reference log-probs (β > 0)", "tokens through the reference"),
+    "old_logprobs": ("old-policy log-probs (μ > 1 or an IS correction)", "tokens through the model"),
+    "forward_backward": ("span loss forward + backward, every μ update", "tokens through the model"),
+    "optimizer": ("gradient all-reduce of the norm, clip, optimiser step", "—"),
+    "sync": ("weight sync to the sampler", "—"),
+    "eval": ("periodic held-out evaluation (eval.every)", "—"),
+    "checkpoint": ("the checkpoint written after the previous step", "—"),
+}
+
+
+def _phases() -> tuple[Metric, ...]:
+    out = []
+    for name, (covers, tokens) in PHASES.items():
+        out.append(Metric(f"phase_{name}_s", f"phase {name}: {covers}", "s", "loop", "rank0", "wall clock"))
+        out.append(Metric(f"phase_{name}_tokens", f"phase {name}: {tokens}", "count", "loop", "rank0",
+                          "per step", zero=0))  # fmt: skip
+    return tuple(out)
 
 
 _TABLE = (
@@ -100,6 +126,7 @@ _TABLE = (
            "rank0", "the fixed periodic set"),
     Metric("eval_second_try", "held-out accuracy after one reflection (eval.every)", "fraction",
            "eval", "rank0", "the fixed periodic set"),
+    *_phases(),
 )  # fmt: skip
 METRICS: dict[str, Metric] = {m.key: m for m in _TABLE}
 

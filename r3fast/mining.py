@@ -15,6 +15,7 @@ from pathlib import Path
 from .atomic import write_text_atomic
 from .failure_file import Failure
 from .generation import generate_chunked
+from .phases import phase
 from .prompts import render
 from .sampling import Sampler, SamplingParams
 
@@ -60,19 +61,15 @@ def mine_failures(
 ) -> MineResult:
     """Sample `tries` first attempts per example; keep failed ones (at most `keep_per_example`)."""
     prompts = [render(tokenizer, task.build_prompt(ex)) for ex in examples]
-    outs = generate_chunked(
-        sampler,
-        prompts,
-        params,
-        n=tries,
-        chunk_size=chunk_size,
-        desc="mine",
-        progress=progress,
-    )
+    with phase("mine") as p:
+        outs = generate_chunked(
+            sampler, prompts, params, n=tries, chunk_size=chunk_size, desc="mine", progress=progress
+        )
+        p.tokens += sum(len(c.token_ids) for comps in outs for c in comps)
+        verdicts = [[bool(task.verify(ex, c.text)) for c in comps] for ex, comps in zip(examples, outs)]
     meta = {"model": model_name, "task": getattr(task, "name", ""), "sampling": dataclasses.asdict(params)}
     failures, correct, solved = [], 0, 0
-    for idx, (ex, comps) in enumerate(zip(examples, outs)):
-        oks = [bool(task.verify(ex, c.text)) for c in comps]
+    for idx, (ex, comps, oks) in enumerate(zip(examples, outs, verdicts)):
         correct += sum(oks)
         solved += any(oks)
         kept = [c for c, ok in zip(comps, oks) if not ok][:keep_per_example]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .effect import effect_table
-from .metric_schema import METRICS
+from .metric_schema import METRICS, PHASES
 from .stats import wilson
 
 __all__ = ["plot_metrics", "write_report"]
@@ -86,6 +86,49 @@ def plot_curves(
     return True
 
 
+def _phase_seconds(metrics: list[dict]) -> dict[str, list[float]]:
+    """Seconds per phase per logged step (phases a run never entered left out)."""
+    out = {n: [float(m.get(f"phase_{n}_s") or 0.0) for m in metrics] for n in PHASES}
+    return {n: v for n, v in out.items() if any(v)}
+
+
+def plot_phases(metrics: list[dict], path: Path, plt) -> bool:
+    """One stacked bar per step: where its wall time went."""
+    secs = _phase_seconds(metrics)
+    if not secs:
+        return False
+    steps = [m["step"] for m in metrics]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(steps)), 3.6))
+    bottom = [0.0] * len(steps)
+    for name, vals in secs.items():
+        ax.bar(steps, vals, bottom=bottom, label=name, width=0.8)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xlabel("step")
+    ax.set_ylabel("seconds")
+    ax.set_title("where each step's time goes")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def phase_table(metrics: list[dict]) -> list[str]:
+    """Markdown lines: every phase's seconds and tokens over the logged steps, and its share."""
+    secs = _phase_seconds(metrics)
+    total = sum(map(sum, secs.values()))
+    if not total:
+        return []
+    lines = ["Time per phase over the steps (r3fast.metric_schema.PHASES):", "",
+             "| phase | seconds | share | tokens | tokens count |", "|---|---:|---:|---:|---|"]  # fmt: skip
+    for name, vals in sorted(secs.items(), key=lambda kv: -sum(kv[1])):
+        tokens = sum(int(m.get(f"phase_{name}_tokens") or 0) for m in metrics)
+        lines.append(f"| {name} | {sum(vals):.1f} | {100 * sum(vals) / total:.0f} % | {tokens} | "
+                     f"{PHASES[name][1]} |")  # fmt: skip
+    return lines + [""]
+
+
 def plot_metrics(
     metrics: list[dict],
     out_dir: str | Path,
@@ -103,6 +146,8 @@ def plot_metrics(
         if plot_curves(metrics, out_dir / "learning_curves.png", plt, effects, every_n)
         else []
     )
+    if plot_phases(metrics, out_dir / "phases.png", plt):
+        written.append(out_dir / "phases.png")
     for name, (keys, title) in PLOTS.items():
         keys = (keys,) if isinstance(keys, str) else keys
         series = {k: _series(metrics, k) for k in keys}
@@ -150,6 +195,7 @@ def write_report(
         skipped = sum(1 for m in metrics if m.get("skipped_nonfinite"))
         if skipped:
             lines += [f"**{skipped} step(s) skipped for a non-finite loss or gradient norm.**", ""]
+    lines += phase_table(metrics)
     lines += [f"Wall time: {seconds / 60:.1f} min over {len(metrics)} steps.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "Config:", "```", _yaml(config), "```", ""]

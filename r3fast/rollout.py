@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .data import TrainSequence
 from .failure_file import Failure
 from .generation import generate_chunked
+from .phases import phase
 from .prompts import REFLECT_PROMPT, reflect_messages, render, retry_messages
 from .sampling import Completion, Sampler, SamplingParams
 
@@ -122,29 +123,21 @@ def reflect_and_retry(
     Returns (reflect-prompt ids, the n reflections, the n retry texts), one entry per attempt.
     """
     prompts = [render(tokenizer, reflect_messages(m, a, reflect_prompt)) for m, a in zip(task_msgs, attempts)]
-    refl = generate_chunked(
-        sampler,
-        prompts,
-        reflection_params,
-        n=n,
-        chunk_size=chunk_size,
-        desc="reflect",
-        progress=progress,
-    )
+    with phase("reflect") as p:
+        refl = generate_chunked(
+            sampler, prompts, reflection_params, n=n, chunk_size=chunk_size, desc="reflect", progress=progress
+        )
+        p.tokens += sum(len(c.token_ids) for group in refl for c in group)
     retry_prompts = [
         render(tokenizer, retry_messages(m, a, c.text, reflect_prompt))
         for m, a, group in zip(task_msgs, attempts, refl)
         for c in group
     ]
-    flat = generate_chunked(
-        sampler,
-        retry_prompts,
-        answer_params,
-        n=1,
-        chunk_size=chunk_size,
-        desc="retry",
-        progress=progress,
-    )
+    with phase("retry") as p:
+        flat = generate_chunked(
+            sampler, retry_prompts, answer_params, n=1, chunk_size=chunk_size, desc="retry", progress=progress
+        )
+        p.tokens += sum(len(r[0].token_ids) for r in flat)
     retries = [[r[0].text for r in flat[i * n : (i + 1) * n]] for i in range(len(attempts))]
     return prompts, refl, retries
 
@@ -177,7 +170,10 @@ def rollout(
         progress=progress,
         reflect_prompt=reflect_prompt,
     )
-    rewards = [[1.0 if task.verify(f.example, t) else 0.0 for t in ts] for f, ts in zip(failures, retries)]
+    with phase("verify") as p:
+        rewards = [[1.0 if task.verify(f.example, t) else 0.0 for t in ts]
+                   for f, ts in zip(failures, retries)]  # fmt: skip
+        p.tokens += sum(map(len, rewards))
     advantages = scaled_advantages(rewards, scale_rewards)
     groups = [
         Group(failure=f, prompt_ids=p, reflections=group, retries=texts, rewards=r, advantages=a)

@@ -39,6 +39,7 @@ from .metrics import MetricsLogger, peak_memory_mb
 from .model_card import model_card, write_model_card
 from .models import resolve_device
 from .optim import apply_optim_changes, build_optimizer, build_scheduler
+from .phases import phase, take_phases
 from .policy import build_policy, build_reference, inference_copy
 from .progress import progress_bar, quiet_library_bars
 from .rollout import rollout, to_sequences
@@ -233,13 +234,12 @@ class R3Trainer:
         d = self.cfg.data
         plan, rows = None, []
         if seqs:
-            plan, rows = pack_step(
-                seqs,
-                max_tokens=d.max_tokens,
-                shared_prefix=d.shared_prefix,
-                seed=self.sample_seed,
-                step=self.step,
-            )
+            with phase("pack") as p:
+                plan, rows = pack_step(
+                    seqs, max_tokens=d.max_tokens, shared_prefix=d.shared_prefix, seed=self.sample_seed,
+                    step=self.step,
+                )  # fmt: skip
+                p.tokens += sum(r.num_tokens for r in rows)
         return self.learner.step(plan, rows, label=f"step {self.step + 1}")
 
     def _rollout_metrics(self, local: dict) -> dict:
@@ -286,7 +286,8 @@ class R3Trainer:
         )
         self.scheduler.step()
         t2 = time.perf_counter()
-        self.sampler.sync_weights(self.model)
+        with phase("sync"):
+            self.sampler.sync_weights(self.model)
         t3 = time.perf_counter()
         metrics.update(
             rollout_s=t1 - t0,
@@ -346,7 +347,8 @@ class R3Trainer:
 
     def _periodic_eval(self) -> dict:
         """`eval.every`: the same small held-out set each time, so the curve compares."""
-        res = self.evaluate(self.cfg.eval.every_n)
+        with phase("eval"):
+            res = self.evaluate(self.cfg.eval.every_n)
         return {"eval_first_try": res.first_acc, "eval_second_try": res.second_acc}
 
     def _on_main(self, fn: Callable[[], Any], default: Any = None) -> Any:
@@ -377,6 +379,7 @@ class R3Trainer:
         save_every = self.cfg.checkpoint.every
         self._on_main(self._start)
         vanilla = self._on_main(lambda: self._final_evals("vanilla"), {})
+        take_phases()  # the vanilla evaluations are no step's
         bar = progress_bar(
             total=cfg.steps,
             initial=self.step,
@@ -389,6 +392,7 @@ class R3Trainer:
             metrics = self.train_step()
             if every and self.step % every == 0:
                 metrics.update(self._on_main(self._periodic_eval, {}))
+            metrics.update(take_phases())  # since the last record: this step, the checkpoint before it
             self._on_main(lambda m=metrics: self.logger.log(self.step, m))
             if metrics["tokens"]:  # steps without a learner pass neither break nor extend a streak
                 self.guard.record(metrics["skipped_nonfinite"], self.step)
@@ -399,7 +403,8 @@ class R3Trainer:
             )
             bar.update(1)
             if save_every and self.step % save_every == 0 and self.step < cfg.steps:
-                self.save()
+                with phase("checkpoint"):
+                    self.save()
             for cb in self.callbacks:
                 cb(self.step, metrics)
         bar.close()

@@ -71,6 +71,35 @@ def test_bench_vs_trl_smoke(tmp_path):
     assert d["versions"]["trl"]
 
 
+def test_bench_e2e_vs_trl_smoke(tmp_path, smol_tokenizer):
+    """R3 on TRL's GRPOTrainer.train() against `r3fast train` (HF sampler), 3 steps of a tiny model on
+    the parity task (a random model is right about half the time, so groups carry a signal)."""
+    pytest.importorskip("trl")
+    from tests.conftest import tiny_llama
+
+    model = tmp_path / "tiny"
+    tiny_llama(len(smol_tokenizer), seed=1).save_pretrained(model)
+    smol_tokenizer.save_pretrained(model)
+    out = tmp_path / "e2e.json"
+    script("bench_e2e_vs_trl.py", "--smoke", "--model", str(model), "--task", "tests.crash_run:parity_task",
+           "--steps", "3", "--sides", "trl,hf", "--workdir", str(tmp_path / "w"),
+           "--out", str(out))  # fmt: skip
+    d = json.loads(out.read_text())
+    assert set(d["rows"]) == {"trl", "hf"} and d["versions"]["trl"] and d["versions"]["torch"]
+    cap = 2 * 2 * 6 + 2 * 2 * 4  # failures x G x (reflection cap + retry cap)
+    for side, row in d["rows"].items():
+        (steps,) = row["per_step"]
+        assert len(steps) == 3, (side, steps)
+        for st in steps:
+            assert 0 <= st["reward"] <= 1 and 0 < st["tokens_generated"] <= cap, (side, st)
+            phases = st["generation"] + st["retries"] + st["reference"] + st["learner"] + st["sync"]
+            assert phases <= st["step_s"] + 1e-6, (side, st)  # the phases lie within the step
+    trl, ours = d["rows"]["trl"]["per_step"][0], d["rows"]["hf"]["per_step"][0]
+    assert all(t["tokens_trained"] > 0 and t["reference"] > 0 for t in trl)  # TRL trains every group, β > 0
+    # r3fast drops the groups without a signal and packs shared prefixes once
+    assert all(o["tokens_trained"] <= t["tokens_trained"] for o, t in zip(ours, trl))
+
+
 def test_bench_memory_tiny(tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "mem.json"

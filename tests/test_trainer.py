@@ -9,6 +9,7 @@ import torch
 
 from r3fast import R3Config, R3Trainer
 from r3fast.config import apply_overrides
+from r3fast.metric_schema import PHASES
 from r3fast.tasks import make_task
 from tests.conftest import tiny_llama
 
@@ -85,6 +86,7 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
         "reward.png",
         "retry_success.png",
         "reflection_length.png",
+        "phases.png",
         "final/config.json",
         "final/model.safetensors",
         "checkpoints/latest",
@@ -112,6 +114,15 @@ def test_train_writes_every_artefact(tmp_path, smol_tokenizer):
     ):
         assert key in metrics[-1], key
     assert "| decoding | n | vanilla 1st |" in (run / "report.md").read_text()
+    assert "Time per phase over the steps" in (run / "report.md").read_text()
+    for m in metrics:  # the per-phase profile: tokens as the rollout and the learner count them
+        refl = m["groups"] * cfg.rollout.group_size
+        assert m["phase_reflect_tokens"] == round(m["reflection_len_mean"] * refl), m
+        assert m["phase_retry_tokens"] > 0 and m["phase_verify_tokens"] == refl, m
+        assert m["phase_forward_backward_tokens"] == m["tokens"] * m["updates"], m
+        inside = sum(m[f"phase_{n}_s"] for n in PHASES if n not in ("eval", "checkpoint"))
+        assert 0 < inside <= m["step_s"], m  # the step's phases lie within its wall-clock window
+    assert metrics[0]["phase_checkpoint_s"] == 0 < metrics[1]["phase_checkpoint_s"]  # saved after step 1
     effect = json.loads((run / "r3_effect.json").read_text())
     keys = (
         "n",
