@@ -34,11 +34,13 @@ from .rundir import latest_checkpoint
 __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
+    "point_latest",
     "prune_checkpoints",
     "read_state",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "write_beside_weights",
 ]
 
 
@@ -86,20 +88,37 @@ def save_checkpoint(
             model.save_pretrained(tmp)  # config.json + safetensors; tied embeddings stored once
         else:
             save_model(model, str(tmp / "model.safetensors"))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if model_card is not None:  # README.md: what these weights are (r3fast.model_card)
-            (tmp / "README.md").write_text(model_card, encoding="utf-8")
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-            tmp / "state.pt",
-        )
-        # last: the digests of everything above, and of itself
-        state = seal({"step": step, **trainer_state}, tmp)
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        write_beside_weights(tmp, step, states, trainer_state, tokenizer=tokenizer, model_card=model_card)
+    point_latest(ckpt_root, dest, keep)
+    return dest
+
+
+def write_beside_weights(
+    tmp: Path,
+    step: int,
+    state: dict,
+    trainer_state: dict,
+    *,
+    tokenizer: Any = None,
+    model_card: str | None = None,
+) -> None:
+    """Everything of a checkpoint but the weights, into its temporary dir: the tokenizer, the model
+    card (README.md: what these weights are, r3fast.model_card), `state` + the RNG in state.pt, and
+    last trainer_state.json with the digests of everything above, and of itself."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if model_card is not None:
+        (tmp / "README.md").write_text(model_card, encoding="utf-8")
+    torch.save({**state, "rng": rng_state()}, tmp / "state.pt")
+    sealed = seal({"step": step, **trainer_state}, tmp)
+    (tmp / "trainer_state.json").write_text(json.dumps(sealed, indent=1))
+
+
+def point_latest(ckpt_root: Path, dest: Path, keep: int) -> None:
+    """`latest` names the new checkpoint (atomically), then old ones are pruned to `keep`."""
     write_text_atomic(ckpt_root / "latest", dest.name)
     prune_checkpoints(ckpt_root, current=dest, keep=keep)
-    return dest
 
 
 def _recorded_step(path: Path) -> int | None:

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .atomic import publish_dir, write_text_atomic
-from .checkpoint import prune_checkpoints, read_state, rng_state, set_rng_state
-from .ckpt_verify import check_checkpoint, seal
+from .atomic import publish_dir
+from .checkpoint import point_latest, read_state, set_rng_state, write_beside_weights
+from .ckpt_verify import check_checkpoint
 from .distributed import Dist
 from .errors import UserError
 
@@ -75,16 +75,10 @@ def save_sharded(
         dist.barrier()
         if dist.is_main:
             model.config.save_pretrained(tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            if model_card is not None:
-                (tmp / "README.md").write_text(model_card, encoding="utf-8")
-            torch.save({"scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / "state.pt")
-            state = seal({"step": step, **trainer_state}, tmp)  # last: the digests of all of it
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            write_beside_weights(tmp, step, {"scheduler": scheduler.state_dict()}, trainer_state,
+                                 tokenizer=tokenizer, model_card=model_card)  # fmt: skip
             publish_dir(tmp, dest)
-            write_text_atomic(root / "latest", dest.name)
-            prune_checkpoints(root, current=dest, keep=keep)
+            point_latest(root, dest, keep)
     except BaseException:
         if dist.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
