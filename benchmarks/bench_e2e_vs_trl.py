@@ -43,7 +43,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -444,18 +443,6 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return rows
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("r3fast", "torch", "transformers", "trl", "vllm", "accelerate", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated: trl, hf, vllm")
@@ -508,12 +495,14 @@ def main() -> None:
         )
     name = f"e2e_vs_trl_{args.device}_{dt.date.today():%Y%m%d}{'_smoke' if args.smoke else ''}.json"
     out = Path(args.out) if args.out else RESULTS / name
-    cpu = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    from r3fast.env_report import cpu_info, package_versions
+
+    cpu = "cpu: {cpu} ({cores} cores)".format(**cpu_info())
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": cpu if args.device == "cpu" else args.device,
         "args": {k: v for k, v in vars(args).items() if k != "worker"},
-        "versions": versions(),
+        "versions": package_versions(),
         "config": job_config(args).to_dict(),
         "rows": rows,
         "notes": "trl: R3 on TRL's own GRPOTrainer.train() (reward function = the retry); hf / vllm: "
