@@ -13,6 +13,8 @@ runs alternated, the same threads.
              from the task's verifier. `GRPOTrainer.train()` does everything else.
     hf       `r3fast train` with the HF sampler (the generation backend TRL uses here)
     vllm     `r3fast train` with the colocated vLLM sampler
+    hf-noshare  hf with `sampler.share_prefix false`: every row prefilled in full, as before the
+             HF sampler shared prompt prefixes (the before/after of that change; not by default)
 
 What differs, read from TRL's installed code (trl/trainer/grpo_trainer.py):
 - Groups whose rewards are all equal: TRL keeps them (advantage 0, so only the β-KL term moves
@@ -51,7 +53,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SIDES = ("trl", "hf", "vllm")
+SIDES = ("trl", "hf", "vllm", "hf-noshare")
+DEFAULT_SIDES = ("trl", "hf", "vllm")
+R3FAST_SIDES = {  # side -> `r3fast train` overrides
+    "hf": ["--sampler.backend", "hf"],
+    "vllm": ["--sampler.backend", "vllm"],
+    "hf-noshare": ["--sampler.backend", "hf", "--sampler.share_prefix", "false"],
+}
 PHASE_COLUMNS = ("generation", "retries", "reference", "learner", "sync")
 
 
@@ -338,8 +346,7 @@ def r3fast_cmd(args, side: str) -> list[str]:
         "--preset",
         "countdown-demo",
         *job_overrides(args),
-        "--sampler.backend",
-        side,
+        *R3FAST_SIDES[side],
         "--trainer.output_dir",
         str(run),
         "--overwrite",
@@ -445,7 +452,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sides", default=",".join(SIDES), help="comma-separated: trl, hf, vllm")
+    ap.add_argument("--sides", default=",".join(DEFAULT_SIDES), help=f"comma-separated: {', '.join(SIDES)}")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--reps", type=int, default=1, help="runs per side, alternated")
     ap.add_argument("--seed", type=int, default=0)
@@ -478,17 +485,17 @@ def main() -> None:
             res = run_side(args, side)
             runs[side].append(res)
             secs = [round(st["step_s"], 1) for st in res["steps"]]
-            print(f"rep {rep} {side:<5} s/step {secs}  peak RSS {res['peak_rss_gb']:.1f} GB", flush=True)
+            print(f"rep {rep} {side:<10} s/step {secs}  peak RSS {res['peak_rss_gb']:.1f} GB", flush=True)
     rows = summarise(runs)
     print(
-        f"\n{'side':<6} {'s/step':>7} "
+        f"\n{'side':<10} {'s/step':>7} "
         + " ".join(f"{c:>10}" for c in PHASE_COLUMNS)
         + f" {'gen tok':>8} {'trained':>8} {'reward':>7} {'RSS GB':>7} {'vs trl':>7}"
     )
     for side, r in rows.items():
         sp = f"{r['speedup_vs_trl']:.2f}x" if "speedup_vs_trl" in r else "-"
         print(
-            f"{side:<6} {r['median_step_s']:>7.1f} "
+            f"{side:<10} {r['median_step_s']:>7.1f} "
             + " ".join(f"{r[c + '_s']:>10.1f}" for c in PHASE_COLUMNS)
             + f" {r['tokens_generated_per_step']:>8.0f} {r['tokens_trained_per_step']:>8.0f}"
             f" {r['reward_mean']:>7.3f} {r['peak_rss_gb']:>7.1f} {sp:>7}"

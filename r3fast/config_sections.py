@@ -116,6 +116,9 @@ class SamplerConfig(_Section):
     """Prompts handed to the sampler per call (progress granularity; HF batch = chunk x n)."""
     max_batch_size: int = field(default=64, metadata=FREE_ON_RESUME)
     """HF sampler: sequences generated together."""
+    share_prefix: bool = field(default=True, metadata=FREE_ON_RESUME)
+    """HF sampler: prefill a prompt prefix shared by several sequences once (vLLM caches prefixes
+    itself)."""
     gpu_memory_utilization: float | str = field(default="auto", metadata=FREE_ON_RESUME)
     """vLLM: fraction of GPU memory, or auto (sized from the learner's measured peak)."""
     sync_bucket_mb: int = field(default=256, metadata=FREE_ON_RESUME)

@@ -82,10 +82,10 @@ def test_bench_e2e_vs_trl_smoke(tmp_path, smol_tokenizer):
     smol_tokenizer.save_pretrained(model)
     out = tmp_path / "e2e.json"
     script("bench_e2e_vs_trl.py", "--smoke", "--model", str(model), "--task", "tests.crash_run:parity_task",
-           "--steps", "3", "--sides", "trl,hf", "--workdir", str(tmp_path / "w"),
+           "--steps", "3", "--sides", "trl,hf,hf-noshare", "--workdir", str(tmp_path / "w"),
            "--out", str(out))  # fmt: skip
     d = json.loads(out.read_text())
-    assert set(d["rows"]) == {"trl", "hf"} and d["versions"]["trl"] and d["versions"]["torch"]
+    assert set(d["rows"]) == {"trl", "hf", "hf-noshare"} and d["versions"]["trl"] and d["versions"]["torch"]
     cap = 2 * 2 * 6 + 2 * 2 * 4  # failures x G x (reflection cap + retry cap)
     for side, row in d["rows"].items():
         (steps,) = row["per_step"]

@@ -68,6 +68,7 @@ def test_the_fields_free_on_resume_come_from_the_field_metadata():
         "metrics": ["report_to", "wandb_project", "progress", "tensorboard"],
         "sampler": [
             "max_batch_size",
+            "share_prefix",
             "gpu_memory_utilization",
             "sync_bucket_mb",
             "sleep_level",

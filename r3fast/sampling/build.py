@@ -49,7 +49,13 @@ def build_sampler(
     if s.backend == "hf":
         if model is None or tokenizer is None:
             raise ValueError("sampler.backend=hf generates with the model: pass model= and tokenizer=")
-        return HFSampler(model, tokenizer, max_batch_size=s.max_batch_size, own_weights=own_weights)
+        return HFSampler(
+            model,
+            tokenizer,
+            max_batch_size=s.max_batch_size,
+            own_weights=own_weights,
+            share_prefix=s.share_prefix,
+        )
     # this process's GPU only (under torchrun, touching the others would put a context on each)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     options = dict(

@@ -5,15 +5,20 @@ whole-weights copy of its own (`own_weights=True`: ranks generate different leng
 weights would make every token a collective), refreshed by `sync_weights`. Per-token log-probs are
 taken under `logits / temperature` (before top-p) by a logits processor that runs ahead of
 the sampling warpers, so no `[steps, B, V]` score tensor is ever kept.
+
+Rows that share a prompt prefix (a reflection prompt sampled G times, the G retries after it, the
+chat template's system turn) prefill it once: the prefix's KV cache is computed per run of rows
+(`prefix.shared_prefix_runs`) and expanded to its rows, and `generate` continues from it.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ..model.lm import whole_weights
 from .base import Completion, SamplingParams
+from .prefix import shared_prefix_runs
 
 __all__ = ["HFSampler"]
 
@@ -47,11 +52,18 @@ class HFSampler:
     """Batched sampling with `model.generate`: left padding, n samples per prompt, seeded."""
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer, *, max_batch_size: int = 64, own_weights: bool = False
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        max_batch_size: int = 64,
+        own_weights: bool = False,
+        share_prefix: bool = True,
     ) -> None:
         """own_weights: `model` is this sampler's own copy; `sync_weights` copies the learner's
-        (gathered from its FSDP2 shards) into it instead of taking the learner's module."""
-        self.model, self.own_weights = model, own_weights
+        (gathered from its FSDP2 shards) into it instead of taking the learner's module.
+        share_prefix: prefill a prefix shared by several rows once (off: every row in full)."""
+        self.model, self.own_weights, self.share_prefix = model, own_weights, share_prefix
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -83,8 +95,11 @@ class HFSampler:
         flat = [p for p in prompts for _ in range(params.n)]
         if any(len(p) == 0 for p in flat):
             raise ValueError("every prompt needs at least one token")
-        # Similar lengths share a batch: less left padding, less wasted compute.
-        order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
+        # Sharing: sorted ids put each family of prompts side by side. Otherwise similar lengths
+        # share a batch: less left padding, less wasted compute.
+        order = sorted(
+            range(len(flat)), key=(lambda i: flat[i]) if self.share_prefix else (lambda i: len(flat[i]))
+        )
         out: list[Completion | None] = [None] * len(flat)
         device = next(self.model.parameters()).device
         devices = [device] if device.type == "cuda" else []
@@ -97,14 +112,47 @@ class HFSampler:
                     out[i] = c
         return [out[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
 
+    def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids and attention mask, every row ending at the last column."""
+        width = max(len(p) for p in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, p in enumerate(rows):
+            ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            attn[row, width - len(p) :] = 1
+        return ids, attn
+
+    def _prefix_cache(
+        self, batch: list[list[int]], device
+    ) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
+        """Inputs for `generate`, and the KV cache of their shared prefixes (None: nothing shared).
+
+        Each row is [its run's prefix, left-padded] + [the rest of its prompt, left-padded]: the
+        padding in the middle is masked, and positions follow the mask (`generate` counts them with
+        a cumsum), so every real token sits where it would in the row alone.
+        """
+        runs = shared_prefix_runs(batch) if self.share_prefix and len(batch) > 1 else []
+        if len(runs) in (0, len(batch)):  # no run holds two rows: plain left padding
+            ids, attn = self._left_padded(batch)
+            return ids, attn, None
+        heads, rest = self._left_padded([batch[a][:n] for a, _, n in runs])
+        tails = [p[n:] for a, b, n in runs for p in batch[a:b]]
+        t_ids, t_attn = self._left_padded(tails)
+        which = torch.tensor([k for k, (a, b, _) in enumerate(runs) for _ in range(a, b)])
+        heads, rest = heads.to(device), rest.to(device)
+        cache = DynamicCache(config=self.model.config)
+        positions = (rest.cumsum(-1) - 1).clamp(min=0)
+        self.model(
+            input_ids=heads, attention_mask=rest, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
+        cache.reorder_cache(which.to(device))  # run k's prefix for each of its rows
+        ids = torch.cat([heads.cpu()[which], t_ids], 1)
+        attn = torch.cat([rest.cpu()[which], t_attn], 1)
+        return ids, attn, cache
+
     @torch.no_grad()
     def _generate_batch(self, batch: list[list[int]], params: SamplingParams, device) -> list[Completion]:
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, p in enumerate(batch):  # left padding: every prompt ends at column width-1
-            ids[row, width - len(p) :] = torch.tensor(p)
-            attn[row, width - len(p) :] = 1
         stop_ids = self.eos_ids + [t for t in params.stop_token_ids if t not in self.eos_ids]
         sample = params.temperature > 0
         config = GenerationConfig(
@@ -116,13 +164,16 @@ class HFSampler:
             eos_token_id=stop_ids,
             pad_token_id=self.pad_id,
         )
-        recorder = _LogprobRecorder(params.temperature, width)
         was_training = self.model.training
-        self.model.eval()
+        self.model.eval()  # no dropout, in the prefix's prefill too
         try:
+            ids, attn, cache = self._prefix_cache(batch, device)
+            width = ids.shape[1]
+            recorder = _LogprobRecorder(params.temperature, width)
             seqs = self.model.generate(
                 input_ids=ids.to(device),
                 attention_mask=attn.to(device),
+                past_key_values=cache,
                 generation_config=config,
                 logits_processor=LogitsProcessorList([recorder]),
             )
