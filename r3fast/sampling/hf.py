@@ -139,17 +139,14 @@ class HFSampler:
         tails = [p[n:] for a, b, n in runs for p in batch[a:b]]
         t_ids, t_attn = self._left_padded(tails)
         which = torch.tensor([k for k, (a, b, _) in enumerate(runs) for _ in range(a, b)])
-        heads, rest = heads.to(device), rest.to(device)
         cache = DynamicCache(config=self.model.config)
         positions = (rest.cumsum(-1) - 1).clamp(min=0)
         self.model(
-            input_ids=heads, attention_mask=rest, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=1,
+            input_ids=heads.to(device), attention_mask=rest.to(device), position_ids=positions.to(device),
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
         )  # fmt: skip
         cache.reorder_cache(which.to(device))  # run k's prefix for each of its rows
-        ids = torch.cat([heads.cpu()[which], t_ids], 1)
-        attn = torch.cat([rest.cpu()[which], t_attn], 1)
-        return ids, attn, cache
+        return torch.cat([heads[which], t_ids], 1), torch.cat([rest[which], t_attn], 1), cache
 
     @torch.no_grad()
     def _generate_batch(self, batch: list[list[int]], params: SamplingParams, device) -> list[Completion]:
