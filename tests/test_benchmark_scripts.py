@@ -173,3 +173,64 @@ def test_r3_effect_seeds_view(tmp_path):
             "--seeds-json", str(out), "--md", str(md)]  # fmt: skip
     r = subprocess.run(argv, capture_output=True, text=True)
     assert r.returncode != 0 and "more than trainer.seed" in r.stderr
+
+
+def test_r3_effect_at_step(tmp_path, smol_tokenizer):
+    """A step-N checkpoint of a longer run is evaluated as the N-step run's final model would be:
+    a tiny model on the parity task (right about half the time, so its groups carry a signal and the
+    weights move), trained 1 step and 2 steps with the same seed; the 2-step run's step-1 checkpoint,
+    staged by r3_effect_at_step.py, gives the 1-step run's own trained evaluation record for record."""
+    from tests.conftest import tiny_llama
+
+    model = tmp_path / "tiny"
+    tiny_llama(len(smol_tokenizer), seed=1).save_pretrained(model)
+    smol_tokenizer.save_pretrained(model)
+    flags = ["--model.name", str(model), "--model.device", "cpu", "--sampler.backend", "hf",
+             "--task.name", "tests.crash_run:parity_task", "--task.options", "{}",
+             "--rollout.group_size", "4", "--sampler.max_answer_tokens", "4",
+             "--sampler.max_reflection_tokens", "6", "--data.failures_per_step", "2",
+             "--data.mine_tries", "1",
+             "--eval.n", "8", "--eval.temperatures", "[0.9, 0.0]", "--checkpoint.every", "1",
+             "--metrics.progress", "false", "--optim.lr", "1e-2", "--optim.warmup_steps", "0"]  # fmt: skip
+    runs = {}
+    for steps in (1, 2):
+        runs[steps] = tmp_path / f"run{steps}"
+        r = subprocess.run([sys.executable, "-m", "r3fast", "train", *flags, "--trainer.steps", str(steps),
+                            "--trainer.output_dir", str(runs[steps])], capture_output=True, text=True,
+                           cwd=ROOT, timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    out, md = tmp_path / "at1.json", tmp_path / "at1.md"
+    plot = tmp_path / "curve.png"
+    script("r3_effect_at_step.py", "--step", "1", str(runs[2]), "--work", str(tmp_path / "at1"),
+           "--json", str(out), "--md", str(md), "--plot", str(plot))  # fmt: skip
+    assert plot.stat().st_size > 0
+    for stem in ("T0.9", "greedy"):
+        staged = json.loads((tmp_path / "at1" / "run2" / f"eval_trained_{stem}.json").read_text())["records"]
+        own = json.loads((runs[1] / f"eval_trained_{stem}.json").read_text())["records"]
+        assert staged == own, stem
+    metrics = [json.loads(x) for x in (runs[2] / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["tokens"] > 0  # step 1 updated the weights: the comparison is not vanilla vs vanilla
+    d = json.loads(out.read_text())
+    assert d["seeds"] == [0] and d["config"]["trainer"]["steps"] == 1
+    assert set(d["pooled"]) == {"T=0.9", "greedy"}
+    bad = subprocess.run([sys.executable, str(BENCH / "r3_effect_at_step.py"), "--step", "3", str(runs[2]),
+                          "--work", str(tmp_path / "at3"), "--json", str(out), "--md", str(md)],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert bad.returncode != 0 and "no step 3" in bad.stderr
+
+
+def test_r3_effect_curve_error_bars_at_the_edges():
+    """At 0 % and 100 % right the Wilson bound equals the point only up to rounding (wilson(400, 400)
+    has an upper bound of 1 - 1e-16): the bars must not be negative, which matplotlib refuses."""
+    sys.path.insert(0, str(BENCH))
+    from r3_effect_at_step import error_bars
+
+    from r3fast.stats import wilson
+
+    ys, (below, above) = error_bars([(0, 400), (400, 400), (7, 20)])
+    assert ys == [0.0, 100.0, 35.0]
+    assert min(below + above) >= 0.0
+    lo, hi = zip(*(wilson(k, 400) for k in (0, 400)))
+    assert below[1] == pytest.approx(100 - 100 * lo[1]) and above[0] == pytest.approx(100 * hi[0])
+    lo7, hi7 = wilson(7, 20)
+    assert below[2] == pytest.approx(35 - 100 * lo7) and above[2] == pytest.approx(100 * hi7 - 35)
