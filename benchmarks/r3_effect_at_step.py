@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from r3_effect_table import seeds_main  # noqa: E402
 
 from r3fast.evaluate import EvalResult, decoding_label  # noqa: E402
+from r3fast.report import interval_bars  # noqa: E402
 from r3fast.stats import wilson  # noqa: E402
 
 
@@ -76,11 +77,8 @@ def _load(path: Path) -> EvalResult:
 def error_bars(right: list[tuple[int, int]]) -> tuple[list[float], list[list[float]]]:
     """Percent right and matplotlib's (below, above) 95 % Wilson bar lengths for (k, n) pairs."""
     ys = [100 * k / n for k, n in right]
-    cis = [wilson(k, n) for k, n in right]
-    # max(0, ·): at 0 or 100 % the Wilson bound equals the point only up to rounding
-    below = [max(0.0, y - 100 * lo) for y, (lo, _) in zip(ys, cis)]
-    above = [max(0.0, 100 * hi - y) for y, (_, hi) in zip(ys, cis)]
-    return ys, [below, above]
+    lo, hi = zip(*(wilson(k, n) for k, n in right))
+    return ys, interval_bars(ys, [100 * x for x in lo], [100 * x for x in hi])
 
 
 def plot_curve(runs: list[Path], staged: list[Path], step: int, path: Path) -> None:

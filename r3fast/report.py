@@ -9,7 +9,7 @@ from .effect import effect_table
 from .metric_schema import METRICS, PHASES
 from .stats import wilson
 
-__all__ = ["plot_metrics", "write_report"]
+__all__ = ["interval_bars", "plot_metrics", "write_report"]
 
 PLOTS = {
     "reward.png": ("reward_mean", "reward (retry success after a reflection)"),
@@ -55,6 +55,13 @@ def _held_out(metrics: list[dict], effects: dict[str, dict] | None, every_n: int
     return out
 
 
+def interval_bars(acc, lo, hi) -> list[list[float]]:
+    """matplotlib's (below, above) bar lengths for points `acc` with intervals [lo, hi]. Clamped at
+    0: at 0 or 100 % a Wilson bound equals the point only up to rounding (wilson(n, n)[1] is
+    1 - 1e-16), and matplotlib refuses a negative bar."""
+    return [[max(0.0, a - b) for a, b in zip(acc, lo)], [max(0.0, b - a) for a, b in zip(acc, hi)]]
+
+
 def plot_curves(
     metrics: list[dict], path: Path, plt, effects: dict[str, dict] | None = None, every_n: int | None = None
 ) -> bool:
@@ -68,7 +75,7 @@ def plot_curves(
                 pts = held[key]
                 if pts:
                     steps, acc, lo, hi = zip(*pts)
-                    err = [[a - b for a, b in zip(acc, lo)], [b - a for a, b in zip(acc, hi)]]
+                    err = interval_bars(acc, lo, hi)
                     ax.errorbar(steps, acc, yerr=err, marker="o", ms=3, capsize=3, label=key)
                 continue
             pts = _series(metrics, key)

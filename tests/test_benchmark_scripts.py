@@ -234,3 +234,13 @@ def test_r3_effect_curve_error_bars_at_the_edges():
     assert below[1] == pytest.approx(100 - 100 * lo[1]) and above[0] == pytest.approx(100 * hi[0])
     lo7, hi7 = wilson(7, 20)
     assert below[2] == pytest.approx(35 - 100 * lo7) and above[2] == pytest.approx(100 * hi7 - 35)
+
+
+def test_report_curve_bars_at_100_percent():
+    """The run report's held-out curve shares the clamp: a point with all 400 problems right."""
+    from r3fast.report import interval_bars
+    from r3fast.stats import wilson
+
+    lo, hi = wilson(400, 400)
+    assert hi < 1.0  # the rounding that made the bar negative
+    assert interval_bars([1.0], [lo], [hi]) == [[pytest.approx(1.0 - lo)], [0.0]]
