@@ -95,7 +95,8 @@ def row_liger_triton(x: dict) -> Callable[[], torch.Tensor]:
     from liger_kernel.transformers.grpo_loss import triton_grpo_loss
 
     b, h = x["b"], x["hidden"]
-    ids, mask = x["targets"].view(b, -1)[:, :-1], x["mask"].view(b, -1)[:, :-1]
+    # Liger asserts contiguous ids and mask (a [:, :-1] slice is a view with the old row stride)
+    ids, mask = x["targets"].view(b, -1)[:, :-1].contiguous(), x["mask"].view(b, -1)[:, :-1].contiguous()
 
     def run() -> torch.Tensor:
         logits = (h @ x["weight"].T).view(b, -1, x["weight"].shape[0])  # [B, T, V] materialised

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import xml.etree.ElementTree as ET
 from importlib import metadata
@@ -71,11 +72,31 @@ def junit(path: Path) -> dict:
     return out
 
 
+def test_log(path: Path) -> dict:
+    """Counts, failures and the slowest tests from a step's line-per-outcome log (tests/conftest.py,
+    R3FAST_TEST_LOG): what a step killed at its timeout ran, since it wrote no XML."""
+    if not path.is_file():
+        return {"missing": True}
+    out = {"passed": 0, "failed": 0, "skipped": 0, "failures": [], "slowest": []}
+    times: dict[str, float] = {}
+    for raw in path.read_text().splitlines():
+        rec = json.loads(raw)
+        times[rec["nodeid"]] = times.get(rec["nodeid"], 0.0) + rec["seconds"]
+        if rec["outcome"] == "failed":
+            out["failed"] += 1
+            out["failures"].append((rec["nodeid"], rec.get("message", "")))
+        elif rec["when"] == "call" or rec["outcome"] == "skipped":
+            out[rec["outcome"]] += 1
+    out["slowest"] = sorted(times.items(), key=lambda kv: -kv[1])[:5]
+    out["seconds"] = sum(times.values())
+    return out
+
+
 def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else "met" if ok else "**missed**"
 
 
-def span_loss_section(records: list[dict]) -> list[str]:
+def span_loss_section(records: list[dict], elem_bytes: int) -> list[str]:
     lines = ["| N | V | H | row | median ms | peak MiB | × floor |", "|---:|---:|---:|---|---:|---:|---:|"]
     for r in records:
         if "error" in r:
@@ -89,10 +110,15 @@ def span_loss_section(records: list[dict]) -> list[str]:
     ours, liger = by.get("r3fast triton"), by.get("liger chunked")
     if ours and liger:
         speed, mem = liger["median_ms"] / ours["median_ms"], ours["peak_mib"] / max(liger["peak_mib"], 1e-9)
+        grads = (ours["V"] + ours["N"]) * ours["H"] * elem_bytes / 2**20  # same dtype as the inputs
+        extra_ours, extra_liger = ours["peak_mib"] - grads, liger["peak_mib"] - grads
         lines += [
             "",
             f"- r3fast triton vs Liger fused-linear GRPO: {speed:.2f}× faster (target ≥ 2×: "
             f"{_verdict(speed >= 2)}), {mem:.3f}× its peak memory (target ≤ 0.2×: {_verdict(mem <= 0.2)})",
+            f"- the gradients every row must return, dW [V, H] + dh [N, H], are {grads:.0f} MiB of each peak;"
+            f" above them r3fast triton takes {extra_ours:.0f} MiB, Liger {extra_liger:.0f} MiB"
+            f" ({extra_ours / max(extra_liger, 1e-9):.3f}×)",
             f"- r3fast triton at {ours['x_floor']:.2f}× the matmul floor (target ≤ 1.5×: "
             f"{_verdict(ours['x_floor'] <= 1.5)})",
         ]
@@ -127,16 +153,29 @@ def summary(out: Path, seconds: float | None) -> str:
         "## Tests",
         "",
     ]
-    for label, name in (
-        ("kernel tests (all, on CUDA)", "tests_kernels.xml"),
-        ("CUDA-marked", "tests_cuda.xml"),
+    steps = (out / "steps.log").read_text() if (out / "steps.log").is_file() else ""
+    for label, name, step in (
+        ("kernel tests (all, on CUDA)", "tests_kernels", "kernel-tests"),
+        ("CUDA-marked", "tests_cuda", "cuda-tests"),
+        ("extra tests", "tests_extra", "extra-tests"),
     ):
-        t = junit(out / name)
-        if t.get("missing"):
-            lines.append(f"- {label}: did not run")
+        t, log = junit(out / f"{name}.xml"), test_log(out / f"{name}.jsonl")
+        if t.get("missing") and log.get("missing"):
+            ran = re.search(rf"^gpu: step {step}: (.*)$", steps, re.M)
+            if ran:
+                lines.append(f"- {label}: ran ({ran[1]}) but left no XML or test log: see tests.log")
+            elif name != "tests_extra":
+                lines.append(f"- {label}: did not run")
             continue
-        lines.append(f"- {label}: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped")
+        cut = t.get("missing")  # no XML but a log: the step was stopped before pytest finished
+        if cut:
+            t = log
+        stop = " — **stopped before the end** (no XML: the step's timeout?)" if cut else ""
+        lines.append(f"- {label}: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped{stop}")
         lines += [f"  - FAILED `{n}`: {m}" for n, m in t["failures"]]
+        if not log.get("missing"):
+            slow = ", ".join(f"`{n.split('::')[-1]}` {sec:.1f} s" for n, sec in log["slowest"])
+            lines.append(f"  - {log['seconds']:.0f} s in tests; slowest: {slow}")
     if (out / "steps.log").is_file():  # `gpu: step NAME: S s of LIMIT s, rc RC`, one line a step
         lines += ["", "## Steps (wall time against each step's timeout)", ""]
         lines += [f"- {ln.removeprefix('gpu: step ')}" for ln in (out / "steps.log").read_text().splitlines()]
@@ -144,7 +183,8 @@ def summary(out: Path, seconds: float | None) -> str:
         rep = json.loads(path.read_text())
         lines += ["", f"## Span loss fwd+bwd ({path.name}; {rep['dtype']}, matmul {rep['matmul_tflops']:.0f} "
                   "TFLOP/s measured)", ""]  # fmt: skip
-        lines += span_loss_section(rep["results"])
+        elem = 4 if rep["dtype"] == "torch.float32" else 2
+        lines += span_loss_section(rep["results"], elem)
     for path in sorted(out.glob("vs_trl_*.json")):
         lines += ["", f"## Learner step ({path.name})", ""]
         lines += learner_section(json.loads(path.read_text()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -78,6 +79,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+
+
+# A line per test outcome, written as it happens, where R3FAST_TEST_LOG names a file: a run killed at
+# its timeout (the GPU suite's steps) writes no JUnit XML, and this still says what ran and how long.
+TEST_LOG_ENV = "R3FAST_TEST_LOG"
+
+
+def pytest_runtest_logreport(report):
+    path = os.environ.get(TEST_LOG_ENV)
+    if not path or (report.when != "call" and report.passed):
+        return  # setup/teardown lines only when they fail or skip
+    line = dict(nodeid=report.nodeid, when=report.when, outcome=report.outcome,
+                seconds=round(report.duration, 3))  # fmt: skip
+    if report.failed:
+        line["message"] = str(report.longrepr).strip().splitlines()[-1][:300] if report.longrepr else ""
+    with open(path, "a") as f:  # opened per line: each line is on disk before the next test starts
+        f.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture(scope="session")

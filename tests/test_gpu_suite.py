@@ -102,3 +102,52 @@ def test_attention_backend_follows_autocast_not_the_master_weights(monkeypatch):
             assert fwd.compute_dtype(p) == torch.bfloat16
             fwd.forward_hidden(model, row)
     assert seen == [torch.float32, torch.bfloat16]
+
+
+def test_summary_says_what_a_killed_step_ran(tmp_path):
+    """A step killed at its timeout writes no JUnit XML (the first H200 run's kernel tests): the
+    line-per-outcome log of tests/conftest.py still gives the counts, the failures and the slowest."""
+    out = tmp_path / "res"
+    out.mkdir()
+    log = out / "tests_kernels.jsonl"
+    passing = "tests/test_gpu_suite.py::test_synthetic_tokenizer_gives_the_special_ids"
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", passing,
+         "tests/test_gpu_suite.py::test_each_gpu_part_fits_one_command_with_margin"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "R3FAST_TEST_LOG": str(log)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:]
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 and all('"outcome": "passed"' in ln for ln in lines), lines
+    with log.open("a") as f:  # a failure as the hook writes it
+        f.write('{"nodeid": "tests/t.py::test_x", "when": "call", "outcome": "failed", "seconds": 9.5, '
+                '"message": "AssertionError: boom"}\n')  # fmt: skip
+    (out / "steps.log").write_text("gpu: step kernel-tests: 150 s of 150 s, rc 124\n")
+    (out / "env.json").write_text("{}")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu_report import summary
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    text = summary(out, 150)
+    assert "kernel tests (all, on CUDA): 2 passed, 1 failed, 0 skipped — **stopped before the end**" in text
+    assert "FAILED `tests/t.py::test_x`: AssertionError: boom" in text and "`test_x` 9.5 s" in text
+    assert "CUDA-marked: did not run" in text
+
+
+def test_span_loss_memory_is_also_read_above_the_gradients():
+    """Each row's peak holds dW [V, H] + dh [N, H] in the inputs' dtype: the report also compares
+    what each takes above them (the 0.2× target is on the whole peak, gradients included)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu_report import span_loss_section
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    v, n, h = 1024, 256, 64  # gradients: (1024 + 256)·64·2 B = 0.15625 MiB
+    base = dict(N=n, V=v, H=h, x_floor=1.0, median_ms=1.0)
+    recs = [dict(base, row="r3fast triton", peak_mib=0.15625 + 1.0),
+            dict(base, row="liger chunked", peak_mib=0.15625 + 10.0, median_ms=3.0)]  # fmt: skip
+    text = "\n".join(span_loss_section(recs, 2))
+    assert "3.00× faster" in text
+    assert "are 0 MiB of each peak; above them r3fast triton takes 1 MiB, Liger 10 MiB (0.100×)" in text

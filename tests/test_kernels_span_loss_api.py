@@ -1,5 +1,6 @@
 """span_grpo_loss: reductions, micro-batch accumulation, input errors, memory bound, GPU paths."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -160,7 +161,8 @@ def test_torch_path_never_builds_m_by_v(monkeypatch):
     n, h, v = 300, 8, 1000  # M·V = 3e5 ≫ V·H = 8e3 (dW) and N·H
     p = problem(n, h, v)
     p["mask"][:] = True
-    for fn, fused in ((span_grpo_loss, True), (naive_span_grpo_loss, False)):
+    chunked_loss = functools.partial(span_grpo_loss, impl="torch")  # "auto" is Triton on CUDA
+    for fn, fused in ((chunked_loss, True), (naive_span_grpo_loss, False)):
         hidden, weight = p["hidden"].clone().requires_grad_(), p["weight"].clone().requires_grad_()
         with _LargestTensor() as probe:
             out = fn(**{**p, "hidden": hidden, "weight": weight})

@@ -59,6 +59,17 @@ def test_backend_choice_on_cpu() -> None:
     assert gpu == ["flex", "sdpa"]  # varlen kernels cannot apply a tree mask
 
 
+def test_compiled_flex_is_not_chosen_for_heads_under_16() -> None:
+    """Inductor's flex_attention refuses head_dim < 16 (seen on an H200 with the tests' tiny models):
+    such a model gets SDPA on CUDA, and asking for flex says why."""
+    cuda = torch.device("cuda")
+    assert "flex" in available_backends(cuda, torch.float32, head_dim=16)
+    assert available_backends(cuda, torch.float32, head_dim=8) == ["sdpa"]
+    assert select_backend(cuda, torch.float32, tree=True, head_dim=8) == "sdpa"
+    with pytest.raises(ValueError, match="head_dim=8"):
+        select_backend(cuda, torch.float32, prefer="flex", head_dim=8)
+
+
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("shared", [False, True])
 def test_cpu_flex_forward_matches_sdpa(shared: bool) -> None:

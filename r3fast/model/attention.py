@@ -59,10 +59,19 @@ def _torch_varlen() -> Callable | None:
     return varlen_attn
 
 
+FLEX_MIN_HEAD_DIM = 16  # compiled flex_attention (Inductor) refuses smaller heads: "NYI: ... at least 16"
+
+
 def available_backends(
-    device: torch.device, dtype: torch.dtype, *, tree: bool = False, grad: bool | None = None
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    tree: bool = False,
+    grad: bool | None = None,
+    head_dim: int | None = None,
 ) -> list[str]:
-    """Backends that run correctly here, fastest first. grad: will backward run (default: grad mode)."""
+    """Backends that run correctly here, fastest first. grad: will backward run (default: grad mode);
+    head_dim: the model's (None: assume a real model's, >= 16)."""
     grad = torch.is_grad_enabled() if grad is None else grad
     out: list[str] = []
     if device.type == "cuda":
@@ -70,7 +79,8 @@ def available_backends(
             out.append("flash_attn_varlen")
         if not tree and dtype in _HALF and _torch_varlen() is not None:
             out.append("torch_varlen")
-        out.append("flex")
+        if head_dim is None or head_dim >= FLEX_MIN_HEAD_DIM:
+            out.append("flex")
     out.append("sdpa")
     if device.type != "cuda" and not grad:
         out.append("flex")  # CPU flex: forward only, unfused (eager); never the default, useful as a check
@@ -78,17 +88,23 @@ def available_backends(
 
 
 def select_backend(
-    device: torch.device, dtype: torch.dtype, *, tree: bool = False, prefer: str | None = None
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    tree: bool = False,
+    prefer: str | None = None,
+    head_dim: int | None = None,
 ) -> str:
     """The fastest available backend, or `prefer` if it is available (ValueError if not)."""
-    ok = available_backends(device, dtype, tree=tree)
+    ok = available_backends(device, dtype, tree=tree, head_dim=head_dim)
     if prefer is None:
         return ok[0]
     if prefer not in BACKENDS:
         raise ValueError(f"unknown attention backend {prefer!r}; choose from {BACKENDS}")
     if prefer not in ok:
         raise ValueError(
-            f"backend {prefer!r} is not available for {device.type}/{dtype} (tree={tree}); have {ok}"
+            f"backend {prefer!r} is not available for {device.type}/{dtype}"
+            f" (tree={tree}, head_dim={head_dim}); have {ok}"
         )
     return prefer
 

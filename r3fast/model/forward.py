@@ -107,11 +107,16 @@ def sdpa_blocks(batch: PackedBatch) -> list[Segment]:
     return out
 
 
+def head_dim_of(config) -> int:
+    """Attention head width: the config's own `head_dim` where it has one (Qwen3, Gemma), else H / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _ours(
-    batch: PackedBatch, device: torch.device, dtype: torch.dtype, prefer: str | None
+    batch: PackedBatch, device: torch.device, dtype: torch.dtype, prefer: str | None, head_dim: int
 ) -> tuple[dict, str]:
     tree = batch.branch_ids is not None
-    backend = select_backend(device, dtype, tree=tree, prefer=prefer)
+    backend = select_backend(device, dtype, tree=tree, prefer=prefer, head_dim=head_dim)
     # An empty 4D "mask" makes transformers skip building a [T, T] mask that varlen kernels do not need.
     placeholder = torch.empty(1, 1, 0, 0, dtype=torch.bool, device=device)
     kw: dict = {"r3fast_backend": backend, "attention_mask": placeholder}
@@ -157,7 +162,7 @@ def forward_hidden(
             f"batch is on {batch.input_ids.device}, model on {param.device}; call batch.to(device)"
         )
     if impl == ATTN_NAME:
-        kw, name = _ours(batch, param.device, compute_dtype(param), backend)
+        kw, name = _ours(batch, param.device, compute_dtype(param), backend, head_dim_of(dec.config))
     else:
         if backend is not None:
             raise ValueError(f"backend={backend!r} needs use_packed_attention(model) (model uses {impl!r})")
