@@ -176,9 +176,9 @@ def summary(out: Path, seconds: float | None) -> str:
         if not log.get("missing"):
             slow = ", ".join(f"`{n.split('::')[-1]}` {sec:.1f} s" for n, sec in log["slowest"])
             lines.append(f"  - {log['seconds']:.0f} s in tests; slowest: {slow}")
-    if (out / "steps.log").is_file():  # `gpu: step NAME: S s of LIMIT s, rc RC`, one line a step
+    if steps:  # `gpu: step NAME: S s of LIMIT s, rc RC`, one line a step
         lines += ["", "## Steps (wall time against each step's timeout)", ""]
-        lines += [f"- {ln.removeprefix('gpu: step ')}" for ln in (out / "steps.log").read_text().splitlines()]
+        lines += [f"- {ln.removeprefix('gpu: step ')}" for ln in steps.splitlines()]
     for path in sorted(out.glob("span_loss_*.json")):
         rep = json.loads(path.read_text())
         lines += ["", f"## Span loss fwd+bwd ({path.name}; {rep['dtype']}, matmul {rep['matmul_tflops']:.0f} "

@@ -67,13 +67,17 @@ def test_gpu_suite_runs_every_cuda_capable_kernel_test():
         assert f"tests/{name}" in text, name
 
 
-def test_synthetic_tokenizer_gives_the_special_ids():
+def bench_module(name: str):
+    """A script of benchmarks/ imported as a module (they are not a package)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from bench_vs_trl import synthetic_tokenizer
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    tok = synthetic_tokenizer(1000)
+
+
+def test_synthetic_tokenizer_gives_the_special_ids():
+    tok = bench_module("bench_vs_trl").synthetic_tokenizer(1000)
     assert len(tok) == 1000 and tok.pad_token_id == tok.eos_token_id == 2 and tok.bos_token_id == 1
     assert tok("t5 t999 nope")["input_ids"] == [5, 999, 0]
     assert tok.pad([{"input_ids": [5]}, {"input_ids": [5, 6]}])["input_ids"][0] == [5, 2]
@@ -125,12 +129,7 @@ def test_summary_says_what_a_killed_step_ran(tmp_path):
                 '"message": "AssertionError: boom"}\n')  # fmt: skip
     (out / "steps.log").write_text("gpu: step kernel-tests: 150 s of 150 s, rc 124\n")
     (out / "env.json").write_text("{}")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from gpu_report import summary
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    text = summary(out, 150)
+    text = bench_module("gpu_report").summary(out, 150)
     assert "kernel tests (all, on CUDA): 2 passed, 1 failed, 0 skipped — **stopped before the end**" in text
     assert "FAILED `tests/t.py::test_x`: AssertionError: boom" in text and "`test_x` 9.5 s" in text
     assert "CUDA-marked: did not run" in text
@@ -139,11 +138,7 @@ def test_summary_says_what_a_killed_step_ran(tmp_path):
 def test_span_loss_memory_is_also_read_above_the_gradients():
     """Each row's peak holds dW [V, H] + dh [N, H] in the inputs' dtype: the report also compares
     what each takes above them (the 0.2× target is on the whole peak, gradients included)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from gpu_report import span_loss_section
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    span_loss_section = bench_module("gpu_report").span_loss_section
     v, n, h = 1024, 256, 64  # gradients: (1024 + 256)·64·2 B = 0.15625 MiB
     base = dict(N=n, V=v, H=h, x_floor=1.0, median_ms=1.0)
     recs = [dict(base, row="r3fast triton", peak_mib=0.15625 + 1.0),
